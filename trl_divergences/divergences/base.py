@@ -1,0 +1,169 @@
+"""The f-divergence machinery shared by every divergence.
+
+An f-divergence between the policy π and the reference ρ is D_f(π‖ρ) = Σ_v ρ_v f(π_v / ρ_v) with f convex and
+f(1) = 0. Each divergence here defines one elementwise *perspective term* in log space,
+
+    term(lp, lr) = ρ f(π/ρ)          with lp = log π_v, lr = log ρ_v,
+
+and its partial derivative ``dterm(lp, lr) = ∂term/∂lp = π f'(π/ρ)``. Everything else is derived once, here:
+
+* exact value over the vocabulary: D = Σ_v term(lp_v, lr_v) (log-softmax of both sides, fp32 or wider);
+* gradient w.r.t. the policy logits z: ∂D/∂z_v = dterm_v − π_v Σ_u dterm_u (chain rule through log-softmax);
+* importance-weighted estimate from a token y ~ π with r = ρ(y)/π(y): k1 = term(0, log r) = r f(1/r), unbiased
+  since E_π[r f(1/r)] = Σ ρ f(π/ρ);
+* the control-variate form k3 = k1 + f'(1)(r − 1) (E_π[r − 1] = 0; it makes the estimate's slope vanish at r = 1,
+  which lowers its variance near π = ρ; for reverse KL this is Schulman's k3 = r − 1 − log r);
+* k3+ (straight-through, as verl's ``low_var_kl+``): value k3, gradient (f'(u) − f'(1))∇log π(y) with u = 1/r,
+  whose expectation under π is the exact gradient ∇D_f (Σ_v f'(π_v/ρ_v) ∇π_v). For reverse KL this is k2's gradient.
+
+Zero-mass convention: log-probabilities are floored at ``log_floor`` (default −50, a mass of ≈2e−22) before the
+term is evaluated, and the floored entries get no gradient. A vocabulary entry that is −inf on both sides (masked
+padding) therefore contributes exactly 0. Where only one side is −inf, divergences that are infinite there
+(reverse KL and χ² for ρ = 0, forward KL for π = 0) contribute a large, finite value instead of inf/NaN: e.g.
+reverse KL adds π_v·(log π_v + 50). χ²'s exponent is additionally capped at 80 so it stays finite in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..registry import Registry
+
+DEFAULT_LOG_FLOOR = -50.0
+
+DIVERGENCES: Registry["Divergence"] = Registry("divergence")
+
+_BASE_ESTIMATORS = ("k1", "k3", "k3+")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: fp32 for half precision inputs, the input dtype otherwise (float64 stays float64)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class Divergence:
+    """Base class: subclasses set ``name``, ``f_prime_at_1`` and implement ``term`` / ``dterm``.
+
+    Direction convention: ``D(π‖ρ)`` with π the policy, ρ the reference; see each subclass's docstring.
+    """
+
+    name: str = ""
+    #: f'(1) of the generator the term is written with (sets the k1 -> k3 control variate).
+    f_prime_at_1: float = 0.0
+    #: extra sampled estimators a subclass supports beyond k1/k3/k3+ (e.g. reverse KL's k2).
+    extra_estimators: tuple[str, ...] = ()
+
+    def __init__(self, *, log_floor: float = DEFAULT_LOG_FLOOR) -> None:
+        if not (isinstance(log_floor, (int, float)) and math.isfinite(log_floor) and log_floor < 0):
+            raise ValueError(f"log_floor must be a finite negative number, got {log_floor!r}")
+        self.log_floor = float(log_floor)
+
+    # ---- per-divergence elementwise math (overridden) -------------------------------------------------------
+    def term(self, lp: Tensor, lr: Tensor) -> Tensor:
+        """ρ f(π/ρ) elementwise, from log π and log ρ (already floored)."""
+        raise NotImplementedError
+
+    def dterm(self, lp: Tensor, lr: Tensor) -> Tensor:
+        """∂term/∂lp = π f'(π/ρ) elementwise."""
+        raise NotImplementedError
+
+    # ---- derived, shared ------------------------------------------------------------------------------------
+    @property
+    def estimators(self) -> tuple[str, ...]:
+        """Names accepted by :meth:`sampled` (``full`` is :meth:`full`)."""
+        return _BASE_ESTIMATORS + self.extra_estimators
+
+    def kwargs(self) -> dict:
+        """Constructor kwargs that reproduce this instance (used to pass divergences across processes/kernels)."""
+        return {"log_floor": self.log_floor}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs().items())
+        return f"{type(self).__name__}({args})"
+
+    def floored(self, lp: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
+        return lp.clamp(min=self.log_floor), lr.clamp(min=self.log_floor)
+
+    def rows(self, lp: Tensor, lr: Tensor) -> Tensor:
+        """Σ_v term over the last dimension, from normalized log-probs [..., V] -> [...]."""
+        lpf, lrf = self.floored(lp, lr)
+        return self.term(lpf, lrf).sum(-1)
+
+    def rows_grad(self, lp: Tensor, lr: Tensor) -> Tensor:
+        """∂D/∂z for normalized log-probs [..., V] of logits z: dterm − π Σ dterm (zero on floored entries)."""
+        lpf, lrf = self.floored(lp, lr)
+        d = torch.where(lp > self.log_floor, self.dterm(lpf, lrf), torch.zeros_like(lpf))
+        return d - lp.exp() * d.sum(-1, keepdim=True)
+
+    def full(self, policy_logits: Tensor, ref_logits: Tensor, temperature: float = 1.0) -> Tensor:
+        """Exact divergence over the vocabulary at every position.
+
+        Args:
+            policy_logits: [..., V] logits of π (any float dtype; accumulated in fp32, float64 kept).
+            ref_logits: [..., V] logits of ρ (no gradient flows to them).
+            temperature: both sides are divided by it before the softmax (TRL's convention).
+        Returns:
+            [...] divergence in nats, in the accumulation dtype; differentiable w.r.t. ``policy_logits``.
+        """
+        from ..ops import logprob_entropy_divergence
+
+        return logprob_entropy_divergence(policy_logits, ref_logits, None, divergence=self, temperature=temperature)[2]
+
+    def sampled(self, logp: Tensor, ref_logp: Tensor, estimator: str = "k3") -> Tensor:
+        """Per-token estimate from log-probs of tokens sampled from π (``logp`` differentiable, ``ref_logp`` not).
+
+        ``k1``: r f(1/r), unbiased, higher variance. ``k3``: k1 + f'(1)(r − 1), unbiased, lower variance near π = ρ.
+        ``k3+``: value k3, gradient (f'(1/r) − f'(1))∇log π(y), unbiased for ∇D on-policy. Samples from π_old
+        need the π/π_old importance weight (the trainer applies TRL's ``use_bias_correction_kl``).
+        """
+        if estimator not in self.estimators:
+            raise ValueError(
+                f"estimator {estimator!r} is not supported by divergence {self.name!r}; "
+                f"supported: {', '.join(self.estimators)} (and 'full' for the exact value)"
+            )
+        dtype = compute_dtype(logp.dtype)
+        lp = logp.to(dtype)
+        lr = ref_logp.to(dtype).detach()
+        return self._sampled(lp, lr, estimator)
+
+    def _sampled(self, lp: Tensor, lr: Tensor, estimator: str) -> Tensor:
+        zero = torch.zeros_like(lp)
+        log_r = (lr - lp).clamp(min=self.log_floor, max=-self.log_floor)
+        k1 = self.term(zero, log_r)
+        if estimator == "k1":
+            return k1
+        k3 = k1 + self.f_prime_at_1 * torch.expm1(log_r)
+        if estimator == "k3":
+            return k3
+        # k3+: straight-through. f'(u) at the sampled token is dterm(0, log r) = 1·f'(1/r).
+        slope = (self.dterm(zero, log_r) - self.f_prime_at_1).detach()
+        return k3.detach() + slope * (lp - lp.detach())
+
+
+def get_divergence(name: str | Divergence, **kwargs) -> Divergence:
+    """Build a registered divergence by name; ``ValueError`` names the valid names / kwargs."""
+    if isinstance(name, Divergence):
+        if kwargs:
+            raise ValueError("kwargs given together with an already built divergence instance")
+        return name
+    return DIVERGENCES.build(name, **kwargs)
+
+
+def list_divergences() -> list[str]:
+    """Names of all registered divergences."""
+    return DIVERGENCES.names()
+
+
+def register_divergence(name: str) -> Callable[[type[Divergence]], type[Divergence]]:
+    """Class decorator registering a :class:`Divergence` subclass under ``name``."""
+
+    def decorator(cls: type[Divergence]) -> type[Divergence]:
+        cls.name = name
+        DIVERGENCES.register(name)(cls)
+        return cls
+
+    return decorator

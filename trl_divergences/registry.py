@@ -1,0 +1,56 @@
+"""A tiny name -> class registry shared by every kind of method (divergences, masks, reweightings, curricula,
+schedules). A method registers itself with a decorator in the file that defines it; listers and config
+validation read the registry, so error messages always name the valid choices."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to factories (classes or functions) of one kind, e.g. ``Registry("divergence")``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: ``@REGISTRY.register("name")`` on a class or factory function."""
+
+        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = factory
+            return factory
+
+        return decorator
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def factory(self, name: str) -> Callable[..., T]:
+        if not isinstance(name, str) or name not in self._entries:
+            raise ValueError(f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}")
+        return self._entries[name]
+
+    def accepted_kwargs(self, name: str) -> list[str]:
+        """Keyword arguments the factory of ``name`` accepts (for error messages)."""
+        params = inspect.signature(self.factory(name)).parameters
+        return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    def build(self, name: str, **kwargs: Any) -> T:
+        """Instantiate ``name`` with ``kwargs``; an unknown kwarg raises ``ValueError`` naming the accepted ones."""
+        factory = self.factory(name)
+        accepted = self.accepted_kwargs(name)
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"{self.kind} {name!r} got unknown argument(s) {unknown}; accepted: {accepted or 'none'}"
+            )
+        return factory(**kwargs)
