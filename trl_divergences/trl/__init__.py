@@ -1,0 +1,6 @@
+"""TRL adapter: ``DivergenceGRPOConfig`` / ``DivergenceGRPOTrainer`` (the user's one-line change)."""
+
+from .config import DivergenceGRPOConfig
+from .trainer import DivergenceGRPOTrainer
+
+__all__ = ["DivergenceGRPOConfig", "DivergenceGRPOTrainer"]
