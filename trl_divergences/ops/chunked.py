@@ -1,17 +1,27 @@
 """Chunked torch path: log-prob of the target, entropy and any registered f-divergence, row chunk by row chunk.
 
-Peak memory is O(chunk_rows · V) instead of O(N · V): the forward keeps only per-row outputs and the backward
-recomputes each chunk's logits (from the logits tensor, or from hidden @ Wᵀ in the fused-linear variant) and turns
-the per-row upstream gradients (g_logp, g_entropy, g_div) into dL/dz for that chunk:
+Peak memory is O(chunk_rows · V) instead of O(N · V). Two drivers share one row engine (:class:`TorchRows` here,
+the Triton kernels in :mod:`.triton`):
 
-    ∂logp/∂z_v = 1[v = y] − π_v,   ∂H/∂z_v = −π_v (log π_v + H),   ∂D/∂z_v = dterm_v − π_v Σ_u dterm_u.
+* recompute-in-backward (:func:`logprob_entropy_divergence`, :func:`fused_linear_logprob_entropy_divergence`):
+  the forward keeps only per-row outputs; the backward recomputes each chunk's logits (from the logits tensor, or
+  from hidden @ Wᵀ) and turns the per-row upstream gradients (g_logp, g_entropy, g_div) into dL/dz:
 
-Accumulation is fp32 for half-precision inputs (float64 kept). In the fused-linear variant with half-precision
-weights, the backward GEMMs run in the weight dtype (fp32 accumulate inside the GEMM) and grad W is accumulated
+      ∂logp/∂z_v = 1[v = y] − π_v,   ∂H/∂z_v = −π_v (log π_v + H),   ∂D/∂z_v = dterm_v − π_v Σ_u dterm_u;
+
+* gradient-in-forward (:func:`fused_linear_divergence_loss`): the caller gives the per-token weights of the loss
+  Σ_t (w_logp·logp + w_ent·H + w_div·D), so dL/dz is formed while the chunk's logits are alive and grad h / grad W
+  are accumulated in the forward (the backward only scales them). That saves recomputing both projections: as many
+  GEMMs as the naive path, at O(chunk_rows · V) memory.
+
+Accumulation is fp32 for half-precision inputs (float64 kept). In the fused-linear variants with half-precision
+weights, the gradient GEMMs run in the weight dtype (fp32 accumulate inside the GEMM) and grad W is accumulated
 across chunks in fp32. No gradient flows to the reference side.
 """
 
 from __future__ import annotations
+
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -26,8 +36,42 @@ def default_chunk_rows(n_rows: int, vocab: int) -> int:
     return max(1, min(n_rows, CHUNK_ELEMENTS // max(vocab, 1)))
 
 
+class RowEngine(Protocol):
+    """Row math of one chunk of logits z [n, V] (raw dtype; the engine casts to the accumulation dtype).
+
+    ``forward`` returns (logp | None, entropy, div | None, saved); ``saved`` is whatever ``backward`` needs besides
+    the logits (None: recompute). ``backward`` returns dL/dz [n, V] in ``out_dtype`` for per-row upstream gradients
+    (None = no gradient from that output). ``forward_backward`` does both for known per-row loss weights.
+    """
+
+    def forward(self, z: Tensor, zr: Tensor | None, tg: Tensor | None, div: Divergence, temperature: float): ...
+
+    def backward(
+        self,
+        z: Tensor,
+        zr: Tensor | None,
+        tg: Tensor | None,
+        div: Divergence,
+        temperature: float,
+        saved: Any,
+        grads: tuple[Tensor | None, Tensor | None, Tensor | None],
+        out_dtype: torch.dtype,
+    ) -> Tensor: ...
+
+    def forward_backward(
+        self,
+        z: Tensor,
+        zr: Tensor | None,
+        tg: Tensor | None,
+        div: Divergence,
+        temperature: float,
+        grads: tuple[Tensor | None, Tensor | None, Tensor | None],
+        out_dtype: torch.dtype,
+    ) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor]: ...
+
+
 def _stats(z: Tensor, zr: Tensor | None, targets: Tensor | None, div: Divergence, temperature: float):
-    """Row statistics of one chunk of raw logits z [n, V] (compute dtype): lp, lr, logp, entropy, divergence."""
+    """Row statistics of one chunk of raw logits z [n, V] (compute dtype): lp, p, π log π, lr, logp, entropy, div."""
     lp = torch.log_softmax(z / temperature, dim=-1)
     p = lp.exp()
     plogp = p * lp.masked_fill(p == 0, 0.0)
@@ -40,52 +84,78 @@ def _stats(z: Tensor, zr: Tensor | None, targets: Tensor | None, div: Divergence
     return lp, p, plogp, lr, logp, entropy, dv
 
 
-def _grad_logits(
-    z: Tensor,
-    zr: Tensor | None,
-    targets: Tensor | None,
-    div: Divergence,
-    temperature: float,
-    g_logp: Tensor | None,
-    g_ent: Tensor | None,
-    g_div: Tensor | None,
-) -> Tensor:
-    """dL/dz [n, V] for one chunk given per-row upstream gradients (None = no gradient from that output)."""
-    lp, p, plogp, lr, _, entropy, _ = _stats(z, zr, None, div, temperature)
+def _dz_from_stats(stats, targets: Tensor | None, div: Divergence, temperature: float, grads) -> Tensor:
+    """dL/dz [n, V] (compute dtype) from a chunk's :func:`_stats` and per-row upstream gradients."""
+    lp, p, plogp, lr, _, entropy, _ = stats
+    g_logp, g_ent, g_div = grads
     dz = torch.zeros_like(lp)
     if g_ent is not None:
         dz -= g_ent.unsqueeze(-1) * (plogp + p * entropy.unsqueeze(-1))
-    if g_logp is not None:
+    if g_logp is not None and targets is not None:
         dz -= g_logp.unsqueeze(-1) * p
         dz.scatter_add_(-1, targets.unsqueeze(-1), g_logp.unsqueeze(-1))
     if g_div is not None and lr is not None:
         dz += g_div.unsqueeze(-1) * div.rows_grad(lp, lr)
-    return dz / temperature
+    return dz.div_(temperature)
 
 
-def _upstream(grads: tuple[Tensor | None, ...], sl: slice, dtype: torch.dtype) -> list[Tensor | None]:
-    return [None if g is None else g[sl].to(dtype) for g in grads]
+class TorchRows:
+    """The torch row engine (see :class:`RowEngine`): log-softmax of the chunk, formulas of :mod:`.divergences`."""
+
+    def forward(self, z, zr, tg, div, temperature):
+        dtype = compute_dtype(z.dtype)
+        zr = None if zr is None else zr.to(dtype)
+        *_, logp, ent, dv = _stats(z.to(dtype), zr, tg, div, temperature)
+        return logp, ent, dv, None
+
+    def backward(self, z, zr, tg, div, temperature, saved, grads, out_dtype):
+        dtype = compute_dtype(z.dtype)
+        zr = None if zr is None else zr.to(dtype)
+        stats = _stats(z.to(dtype), zr, None, div, temperature)
+        return _dz_from_stats(stats, tg, div, temperature, grads).to(out_dtype)
+
+    def forward_backward(self, z, zr, tg, div, temperature, grads, out_dtype):
+        dtype = compute_dtype(z.dtype)
+        zr = None if zr is None else zr.to(dtype)
+        stats = _stats(z.to(dtype), zr, tg, div, temperature)
+        logp, ent, dv = stats[4:]
+        return logp, ent, dv, _dz_from_stats(stats, tg, div, temperature, grads).to(out_dtype)
 
 
-class _ChunkedFromLogits(torch.autograd.Function):
+TORCH_ROWS = TorchRows()
+
+
+def _upstream(grads: tuple[Tensor | None, ...], sl: slice, dtype: torch.dtype) -> tuple[Tensor | None, ...]:
+    return tuple(None if g is None else g[sl].to(dtype) for g in grads)
+
+
+def _store(out: list[Tensor], sl: slice, logp: Tensor | None, ent: Tensor, dv: Tensor | None) -> None:
+    out[1][sl] = ent
+    if logp is not None:
+        out[0][sl] = logp
+    if dv is not None:
+        out[2][sl] = dv
+
+
+class ChunkedFromLogits(torch.autograd.Function):
+    """(logp, entropy, div) from logits [N, V], chunk by chunk with ``engine``; recompute in backward."""
+
     @staticmethod
-    def forward(ctx, logits, ref_logits, targets, div, temperature, chunk_rows):
+    def forward(ctx, logits, ref_logits, targets, div, temperature, chunk_rows, engine):
         ctx.set_materialize_grads(False)
         dtype = compute_dtype(logits.dtype)
         n = logits.shape[0]
         out = [torch.zeros(n, dtype=dtype, device=logits.device) for _ in range(3)]
+        ctx.saved_stats = []
         for start in range(0, n, chunk_rows):
             sl = slice(start, start + chunk_rows)
-            zr = None if ref_logits is None else ref_logits[sl].to(dtype)
+            zr = None if ref_logits is None else ref_logits[sl]
             tg = None if targets is None else targets[sl]
-            _, _, _, _, logp, ent, dv = _stats(logits[sl].to(dtype), zr, tg, div, temperature)
-            out[1][sl] = ent
-            if logp is not None:
-                out[0][sl] = logp
-            if dv is not None:
-                out[2][sl] = dv
+            logp, ent, dv, saved = engine.forward(logits[sl], zr, tg, div, temperature)
+            _store(out, sl, logp, ent, dv)
+            ctx.saved_stats.append(saved)
         ctx.save_for_backward(logits, ref_logits, targets)
-        ctx.div, ctx.temperature, ctx.chunk_rows = div, temperature, chunk_rows
+        ctx.div, ctx.temperature, ctx.chunk_rows, ctx.engine = div, temperature, chunk_rows, engine
         return out[0], out[1], out[2]
 
     @staticmethod
@@ -93,68 +163,145 @@ class _ChunkedFromLogits(torch.autograd.Function):
         logits, ref_logits, targets = ctx.saved_tensors
         dtype = compute_dtype(logits.dtype)
         grad = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], ctx.chunk_rows):
+        for i, start in enumerate(range(0, logits.shape[0], ctx.chunk_rows)):
             sl = slice(start, start + ctx.chunk_rows)
-            zr = None if ref_logits is None else ref_logits[sl].to(dtype)
+            zr = None if ref_logits is None else ref_logits[sl]
             tg = None if targets is None else targets[sl]
-            dz = _grad_logits(
-                logits[sl].to(dtype), zr, tg, ctx.div, ctx.temperature, *_upstream((g_logp, g_ent, g_div), sl, dtype)
+            grads = _upstream((g_logp, g_ent, g_div), sl, dtype)
+            grad[sl] = ctx.engine.backward(
+                logits[sl], zr, tg, ctx.div, ctx.temperature, ctx.saved_stats[i], grads, logits.dtype
             )
-            grad[sl] = dz.to(logits.dtype)
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
-def _project(h: Tensor, w: Tensor, b: Tensor | None, dtype: torch.dtype) -> Tensor:
-    return torch.nn.functional.linear(h, w, b).to(dtype)
+def _project(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    return torch.nn.functional.linear(h, w, b)
 
 
-class _ChunkedFusedLinear(torch.autograd.Function):
+class _GradAccumulator:
+    """grad h [N, H] (hidden dtype), grad W [V, H] and grad b [V] (fp32 / fp64) from chunks of dL/dz."""
+
+    def __init__(self, hidden: Tensor, weight: Tensor, bias: Tensor | None, needs: tuple[bool, bool, bool]) -> None:
+        dtype = compute_dtype(weight.dtype)
+        self.hidden, self.weight, self.bias = hidden, weight, bias
+        self.grad_h = torch.empty_like(hidden) if needs[0] else None
+        self.grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if needs[1] else None
+        self.grad_b = None
+        if needs[2] and bias is not None:
+            self.grad_b = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device)
+
+    def add(self, sl: slice, dz: Tensor) -> None:
+        """Accumulate one chunk's dL/dz [n, V] (weight dtype) for rows ``sl``."""
+        if self.grad_h is not None:
+            self.grad_h[sl] = (dz @ self.weight).to(self.hidden.dtype)
+        if self.grad_w is not None:
+            h = self.hidden[sl].to(dz.dtype)
+            if dz.dtype == self.grad_w.dtype:
+                self.grad_w.addmm_(dz.T, h)
+            else:
+                self.grad_w += dz.T @ h
+        if self.grad_b is not None:
+            self.grad_b += dz.sum(0, dtype=self.grad_b.dtype)
+
+    def result(self, scale: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """(grad h, grad W, grad b) in the inputs' dtypes, optionally times a scalar upstream gradient."""
+        out = []
+        for g, like in ((self.grad_h, self.hidden), (self.grad_w, self.weight), (self.grad_b, self.bias)):
+            if g is not None:
+                g = g if scale is None else g * scale.to(g.dtype)
+                g = g.to(like.dtype)
+            out.append(g)
+        return out[0], out[1], out[2]
+
+
+class ChunkedFusedLinear(torch.autograd.Function):
+    """(logp, entropy, div) from hidden [N, H] @ weight [V, H]ᵀ, chunk by chunk with ``engine``; recompute in
+    backward (both projections are recomputed per chunk)."""
+
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, div, temperature, chunk_rows):
+    def forward(
+        ctx, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, div, temperature, chunk_rows, engine
+    ):
         ctx.set_materialize_grads(False)
         dtype = compute_dtype(weight.dtype)
         n = hidden.shape[0]
         out = [torch.zeros(n, dtype=dtype, device=hidden.device) for _ in range(3)]
+        ctx.saved_stats = []
         for start in range(0, n, chunk_rows):
             sl = slice(start, start + chunk_rows)
-            z = _project(hidden[sl], weight, bias, dtype)
-            zr = None if ref_hidden is None else _project(ref_hidden[sl], ref_weight, ref_bias, dtype)
+            z = _project(hidden[sl], weight, bias)
+            zr = None if ref_hidden is None else _project(ref_hidden[sl], ref_weight, ref_bias)
             tg = None if targets is None else targets[sl]
-            _, _, _, _, logp, ent, dv = _stats(z, zr, tg, div, temperature)
-            out[1][sl] = ent
-            if logp is not None:
-                out[0][sl] = logp
-            if dv is not None:
-                out[2][sl] = dv
+            logp, ent, dv, saved = engine.forward(z, zr, tg, div, temperature)
+            _store(out, sl, logp, ent, dv)
+            ctx.saved_stats.append(saved)
         ctx.save_for_backward(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets)
-        ctx.div, ctx.temperature, ctx.chunk_rows = div, temperature, chunk_rows
+        ctx.div, ctx.temperature, ctx.chunk_rows, ctx.engine = div, temperature, chunk_rows, engine
         return out[0], out[1], out[2]
 
     @staticmethod
     def backward(ctx, g_logp, g_ent, g_div):
         hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets = ctx.saved_tensors
         dtype = compute_dtype(weight.dtype)
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if need_b and bias is not None else None
-        for start in range(0, hidden.shape[0], ctx.chunk_rows):
-            sl = slice(start, start + ctx.chunk_rows)
-            h = hidden[sl]
-            z = _project(h, weight, bias, dtype)
-            zr = None if ref_hidden is None else _project(ref_hidden[sl], ref_weight, ref_bias, dtype)
+        acc = _GradAccumulator(hidden, weight, bias, ctx.needs_input_grad[:3])
+        with torch.no_grad():
+            for i, start in enumerate(range(0, hidden.shape[0], ctx.chunk_rows)):
+                sl = slice(start, start + ctx.chunk_rows)
+                z = _project(hidden[sl], weight, bias)
+                zr = None if ref_hidden is None else _project(ref_hidden[sl], ref_weight, ref_bias)
+                tg = None if targets is None else targets[sl]
+                grads = _upstream((g_logp, g_ent, g_div), sl, dtype)
+                dz = ctx.engine.backward(z, zr, tg, ctx.div, ctx.temperature, ctx.saved_stats[i], grads, weight.dtype)
+                acc.add(sl, dz)
+        return *acc.result(), None, None, None, None, None, None, None, None
+
+
+class FusedLinearLossInForward(torch.autograd.Function):
+    """Scalar Σ_t (w_logp·logp + w_ent·H + w_div·D) with grad h / W / b computed in the forward, chunk by chunk.
+
+    Returns (loss, logp, entropy, div); only ``loss`` is differentiable (the per-token outputs are for logging).
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        bias,
+        ref_hidden,
+        ref_weight,
+        ref_bias,
+        targets,
+        weights,
+        div,
+        temperature,
+        chunk_rows,
+        engine,
+    ):
+        dtype = compute_dtype(weight.dtype)
+        n = hidden.shape[0]
+        out = [torch.zeros(n, dtype=dtype, device=hidden.device) for _ in range(3)]
+        acc = _GradAccumulator(hidden, weight, bias, ctx.needs_input_grad[:3])
+        for start in range(0, n, chunk_rows):
+            sl = slice(start, start + chunk_rows)
+            z = _project(hidden[sl], weight, bias)
+            zr = None if ref_hidden is None else _project(ref_hidden[sl], ref_weight, ref_bias)
             tg = None if targets is None else targets[sl]
-            dz = _grad_logits(z, zr, tg, ctx.div, ctx.temperature, *_upstream((g_logp, g_ent, g_div), sl, dtype))
-            dz_w = dz.to(weight.dtype)
-            if grad_h is not None:
-                grad_h[sl] = (dz_w @ weight).to(hidden.dtype)
-            if grad_w is not None:
-                grad_w += (dz_w.T @ h.to(weight.dtype)).to(dtype)
-            if grad_b is not None:
-                grad_b += dz.sum(0)
-        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
-        grad_b = None if grad_b is None else grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None
+            logp, ent, dv, dz = engine.forward_backward(
+                z, zr, tg, div, temperature, _upstream(weights, sl, dtype), weight.dtype
+            )
+            _store(out, sl, logp, ent, dv)
+            acc.add(sl, dz)
+        loss = sum((w.to(dtype) * o).sum() for w, o in zip(weights, out) if w is not None)
+        loss = torch.as_tensor(loss, dtype=dtype, device=hidden.device)
+        ctx.grads = acc.result()
+        ctx.mark_non_differentiable(*out)
+        return loss, out[0], out[1], out[2]
+
+    @staticmethod
+    def backward(ctx, g_loss, *_):
+        grad_h, grad_w, grad_b = (None if g is None else g * g_loss.to(g.dtype) for g in ctx.grads)
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None
 
 
 def logprob_entropy_divergence(
@@ -168,7 +315,7 @@ def logprob_entropy_divergence(
     """Chunked (logp, entropy, divergence) over flattened rows [N, V]; see the module docstring."""
     n, vocab = policy_logits.shape
     rows = chunk_rows or default_chunk_rows(n, vocab)
-    return _ChunkedFromLogits.apply(policy_logits, ref_logits, targets, divergence, temperature, rows)
+    return ChunkedFromLogits.apply(policy_logits, ref_logits, targets, divergence, temperature, rows, TORCH_ROWS)
 
 
 def fused_linear_logprob_entropy_divergence(
@@ -186,6 +333,34 @@ def fused_linear_logprob_entropy_divergence(
     """Chunked fused-linear (logp, entropy, divergence) over flattened rows: hidden [N, H], weight [V, H]."""
     n = hidden.shape[0]
     rows = chunk_rows or default_chunk_rows(n, weight.shape[0])
-    return _ChunkedFusedLinear.apply(
-        hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, divergence, temperature, rows
+    return ChunkedFusedLinear.apply(
+        hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, divergence, temperature, rows, TORCH_ROWS
+    )
+
+
+def fused_linear_divergence_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    ref_hidden: Tensor | None,
+    ref_weight: Tensor | None,
+    targets: Tensor | None,
+    weights_logp: Tensor | None,
+    weights_entropy: Tensor | None,
+    weights_div: Tensor | None,
+    divergence: Divergence,
+    temperature: float = 1.0,
+    bias: Tensor | None = None,
+    ref_bias: Tensor | None = None,
+    chunk_rows: int | None = None,
+    engine: RowEngine = TORCH_ROWS,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradient-in-forward loss over flattened rows (hidden [N, H], weight [V, H], per-row weights [N] or None).
+
+    Returns (loss [], logp [N], entropy [N], div [N]); see :class:`FusedLinearLossInForward`.
+    """
+    n = hidden.shape[0]
+    rows = chunk_rows or default_chunk_rows(n, weight.shape[0])
+    weights = tuple(None if w is None else w.detach() for w in (weights_logp, weights_entropy, weights_div))
+    return FusedLinearLossInForward.apply(
+        hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, weights, divergence, temperature, rows, engine
     )
