@@ -16,17 +16,20 @@ and its partial derivative ``dterm(lp, lr) = ∂term/∂lp = π f'(π/ρ)``. Eve
 * k3+ (straight-through, as verl's ``low_var_kl+``): value k3, gradient (f'(u) − f'(1))∇log π(y) with u = 1/r,
   whose expectation under π is the exact gradient ∇D_f (Σ_v f'(π_v/ρ_v) ∇π_v). For reverse KL this is k2's gradient.
 
-Zero-mass convention: log-probabilities are floored at ``log_floor`` (default −50, a mass of ≈2e−22) before the
-term is evaluated, and the floored entries get no gradient. A vocabulary entry that is −inf on both sides (masked
-padding) therefore contributes exactly 0. Where only one side is −inf, divergences that are infinite there
-(reverse KL and χ² for ρ = 0, forward KL for π = 0) contribute a large, finite value instead of inf/NaN: e.g.
-reverse KL adds π_v·(log π_v + 50). χ²'s exponent is additionally capped at 80 so it stays finite in fp32.
+Zero-mass convention: masked entries — log-probabilities at or below ``MASKED_LOG_PROB`` (−1e4: logits of −inf,
+``finfo.min`` or −1e9; no real model's log-prob gets there) — are replaced by ``log_floor`` (default −50, a mass of
+≈2e−22) before the term is evaluated, and get no gradient; every other log-probability, however small, is used
+exactly (so values and gradients stay exact for sharp or collapsed distributions, e.g. forward KL still pulls up a
+token whose policy log-prob fell to −60). A vocabulary entry masked on both sides (padding) therefore contributes
+exactly 0. Where only one side is masked, divergences that are infinite there (reverse KL and χ² for ρ = 0, forward
+KL for π = 0) contribute a large, finite value instead of inf/NaN: e.g. reverse KL adds π_v·(log π_v + 50).
+Exponentials (χ², α outside (0, 1)) are additionally capped at e^80 per entry so they stay finite in fp32.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -34,8 +37,10 @@ from torch import Tensor
 from ..registry import Registry
 
 DEFAULT_LOG_FLOOR = -50.0
+#: log-probabilities at or below this are masked entries (zero mass); see the module docstring
+MASKED_LOG_PROB = -1e4
 
-DIVERGENCES: Registry["Divergence"] = Registry("divergence")
+DIVERGENCES: Registry[Divergence] = Registry("divergence")
 
 _BASE_ESTIMATORS = ("k1", "k3", "k3+")
 
@@ -86,7 +91,10 @@ class Divergence:
         return f"{type(self).__name__}({args})"
 
     def floored(self, lp: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
-        return lp.clamp(min=self.log_floor), lr.clamp(min=self.log_floor)
+        """Masked entries (log-prob ≤ ``MASKED_LOG_PROB``, e.g. −inf) -> ``log_floor``; other values kept exact."""
+        return lp.masked_fill(lp <= MASKED_LOG_PROB, self.log_floor), lr.masked_fill(
+            lr <= MASKED_LOG_PROB, self.log_floor
+        )
 
     def rows(self, lp: Tensor, lr: Tensor) -> Tensor:
         """Σ_v term over the last dimension, from normalized log-probs [..., V] -> [...]."""
@@ -94,9 +102,9 @@ class Divergence:
         return self.term(lpf, lrf).sum(-1)
 
     def rows_grad(self, lp: Tensor, lr: Tensor) -> Tensor:
-        """∂D/∂z for normalized log-probs [..., V] of logits z: dterm − π Σ dterm (zero on floored entries)."""
+        """∂D/∂z for normalized log-probs [..., V] of logits z: dterm − π Σ dterm (zero on masked entries)."""
         lpf, lrf = self.floored(lp, lr)
-        d = torch.where(lp > self.log_floor, self.dterm(lpf, lrf), torch.zeros_like(lpf))
+        d = self.dterm(lpf, lrf).masked_fill(lp <= MASKED_LOG_PROB, 0.0)
         return d - lp.exp() * d.sum(-1, keepdim=True)
 
     def full(self, policy_logits: Tensor, ref_logits: Tensor, temperature: float = 1.0) -> Tensor:

@@ -179,8 +179,12 @@ class AlphaDivergence(Divergence):
         if self._limit is not None:
             return self._limit.term(lp, lr)
         a = self.alpha
-        # ρ (1 − u^α) = −ρ expm1(α d): accurate near π = ρ; the exponent is capped for α outside (0, 1).
-        return -lr.exp() * torch.expm1((a * (lp - lr)).clamp(max=_EXP_CAP)) / (a * (1.0 - a))
+        # ρ (1 − u^α) = −ρ expm1(α d): accurate near π = ρ; far from it ρ − π^α ρ^(1−α), whose exponent is capped
+        # (it only exceeds 0 for α outside (0, 1)) like dterm's, so the term saturates at a huge value, not at ρ e^80.
+        ad = a * (lp - lr)
+        near = -lr.exp() * torch.expm1(ad.clamp(max=30.0))
+        far = lr.exp() - (a * lp + (1.0 - a) * lr).clamp(max=_EXP_CAP).exp()
+        return torch.where(ad < 30.0, near, far) / (a * (1.0 - a))
 
     def dterm(self, lp: Tensor, lr: Tensor) -> Tensor:
         if self._limit is not None:
