@@ -29,7 +29,9 @@ def test_unknown_divergence_names_the_valid_ones():
 
 
 def test_unsupported_estimator_names_the_valid_ones():
-    with pytest.raises(ValueError, match="'k2' is not supported by divergence 'forward_kl'; valid: k1, k3, k3\\+, full"):
+    with pytest.raises(
+        ValueError, match="'k2' is not supported by divergence 'forward_kl'; valid: k1, k3, k3\\+, full"
+    ):
         DivergenceGRPOConfig(**COMMON, divergence="forward_kl", divergence_estimator="k2")
     with pytest.raises(ValueError, match="'exact'"):
         DivergenceGRPOConfig(**COMMON, divergence_estimator="exact")
@@ -51,8 +53,14 @@ def test_bad_divergence_kwargs_fail_at_construction(name, kwargs, match):
 
 def test_grpo_config_fields_still_work():
     args = DivergenceGRPOConfig(
-        **COMMON, loss_type="dapo", top_entropy_quantile=0.2, beta=0.01, num_generations=4, divergence="js",
-        divergence_estimator="full", divergence_kwargs={"beta": 0.25},
+        **COMMON,
+        loss_type="dapo",
+        top_entropy_quantile=0.2,
+        beta=0.01,
+        num_generations=4,
+        divergence="js",
+        divergence_estimator="full",
+        divergence_kwargs={"beta": 0.25},
     )
     assert (args.loss_type, args.top_entropy_quantile, args.beta) == ("dapo", 0.2, 0.01)
     assert args.build_divergence().beta == 0.25

@@ -63,8 +63,15 @@ def test_full_matches_float64_with_reference_model(tiny_model_dir, tokenizer, tm
         for p in policy.parameters():
             p.add_(0.05 * torch.randn_like(p))
     trainer = make_trainer(
-        policy, tokenizer, tmp_path, divergence=name, divergence_kwargs=kwargs, divergence_estimator="full",
-        learning_rate=0.0, max_steps=1, temperature=0.7,
+        policy,
+        tokenizer,
+        tmp_path,
+        divergence=name,
+        divergence_kwargs=kwargs,
+        divergence_estimator="full",
+        learning_rate=0.0,
+        max_steps=1,
+        temperature=0.7,
     )
     assert trainer.ref_model is not None
     batches, divs = _record(trainer, monkeypatch)
@@ -77,8 +84,14 @@ def test_full_matches_float64_with_reference_model(tiny_model_dir, tokenizer, tm
 def test_full_matches_float64_with_peft(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM")
     trainer = make_trainer(
-        tiny_model_dir, tokenizer, tmp_path, divergence="forward_kl", divergence_estimator="full",
-        learning_rate=0.0, max_steps=1, peft_config=lora,
+        tiny_model_dir,
+        tokenizer,
+        tmp_path,
+        divergence="forward_kl",
+        divergence_estimator="full",
+        learning_rate=0.0,
+        max_steps=1,
+        peft_config=lora,
     )
     assert trainer.ref_model is None
     with torch.no_grad():
@@ -103,7 +116,9 @@ def test_full_gradient_reaches_lm_head_and_backbone(tiny_model_dir, tokenizer, t
             p.add_(0.05 * torch.randn_like(p))
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
     head_before = policy.get_output_embeddings().weight.detach().clone()
-    trainer = make_trainer(policy, tokenizer, tmp_path, divergence="forward_kl", divergence_estimator="full", max_steps=1)
+    trainer = make_trainer(
+        policy, tokenizer, tmp_path, divergence="forward_kl", divergence_estimator="full", max_steps=1
+    )
     trainer.reward_funcs = [lambda prompts, completions, **kw: [1.0] * len(completions)]
     trainer.train()
     moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}

@@ -24,8 +24,15 @@ CASES = [
 @pytest.mark.parametrize("name,estimator", CASES, ids=[f"{n}-{e}" for n, e in CASES])
 def test_short_run(tiny_model_dir, tokenizer, tmp_path, name, estimator):
     trainer = make_trainer(
-        tiny_model_dir, tokenizer, tmp_path, divergence=name, divergence_estimator=estimator, max_steps=2,
-        learning_rate=0.05, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        tiny_model_dir,
+        tokenizer,
+        tmp_path,
+        divergence=name,
+        divergence_estimator=estimator,
+        max_steps=2,
+        learning_rate=0.05,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
     )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "kl" in h]
@@ -50,7 +57,8 @@ def test_trainer_requires_our_config(tiny_model_dir, tokenizer, tmp_path):
 
     with pytest.raises(TypeError, match="DivergenceGRPOConfig"):
         td.DivergenceGRPOTrainer(
-            model=tiny_model_dir, reward_funcs=lambda **kw: [0.0],
+            model=tiny_model_dir,
+            reward_funcs=lambda **kw: [0.0],
             args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[]),
             processing_class=tokenizer,
         )

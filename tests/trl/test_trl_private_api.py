@@ -22,7 +22,11 @@ def test_overridden_private_methods_keep_their_signatures():
     assert _params(GRPOTrainer._generate_and_score_completions) == ["self", "inputs"]
     assert _params(GRPOTrainer._compute_loss) == ["self", "model", "inputs"]
     assert _params(GRPOTrainer._get_per_token_logps_and_entropies)[:5] == [
-        "self", "model", "input_ids", "attention_mask", "logits_to_keep",
+        "self",
+        "model",
+        "input_ids",
+        "attention_mask",
+        "logits_to_keep",
     ]
 
 
