@@ -15,6 +15,7 @@ term, the chunked torch path elsewhere), ``"chunked"``, ``"triton"`` (also runs 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor
@@ -47,9 +48,33 @@ def _pick_impl(impl: str, device_type: str, div: Divergence) -> str:
 
 
 def _check_temperature(temperature: float) -> float:
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
     return float(temperature)
+
+
+def _check_targets(targets: Tensor | None, lead: tuple[int, ...]) -> None:
+    if targets is not None and tuple(targets.shape) != lead:
+        raise ValueError(f"targets shape {tuple(targets.shape)} != the logits' leading shape {lead}")
+
+
+def _check_fused_shapes(
+    hidden: Tensor, weight: Tensor, ref_hidden: Tensor | None, ref_weight: Tensor | None, targets: Tensor | None
+) -> None:
+    """Shape checks shared by the fused-linear ops (a mismatched row count would otherwise pass silently)."""
+    if (ref_hidden is None) != (ref_weight is None):
+        raise ValueError("ref_hidden and ref_weight must be given together")
+    if hidden.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"hidden size {hidden.shape[-1]} != lm_head weight {tuple(weight.shape)} (expected [V, H])")
+    lead = tuple(hidden.shape[:-1])
+    if ref_weight is not None:
+        if ref_weight.shape[0] != weight.shape[0]:
+            raise ValueError(f"vocab sizes differ: policy {weight.shape[0]} vs reference {ref_weight.shape[0]}")
+        if tuple(ref_hidden.shape[:-1]) != lead:
+            raise ValueError(f"ref_hidden leading shape {tuple(ref_hidden.shape[:-1])} != hidden {lead}")
+        if ref_hidden.shape[-1] != ref_weight.shape[-1]:
+            raise ValueError(f"ref_hidden size {ref_hidden.shape[-1]} != ref_weight {tuple(ref_weight.shape)}")
+    _check_targets(targets, lead)
 
 
 def _unflatten(outs, lead: tuple[int, ...], has_targets: bool, has_ref: bool):
@@ -83,6 +108,7 @@ def logprob_entropy_divergence(
     if ref_logits is not None and ref_logits.shape != policy_logits.shape:
         raise ValueError(f"ref_logits shape {tuple(ref_logits.shape)} != policy_logits {tuple(policy_logits.shape)}")
     lead, vocab = tuple(policy_logits.shape[:-1]), policy_logits.shape[-1]
+    _check_targets(targets, lead)
     which = _pick_impl(impl, policy_logits.device.type, div)
     if which == "naive":
         return naive.logprob_entropy_divergence(policy_logits, ref_logits, targets, div, temperature)
@@ -121,10 +147,7 @@ def fused_linear_logprob_entropy_divergence(
     """
     div = _resolve(divergence, divergence_kwargs)
     temperature = _check_temperature(temperature)
-    if (ref_hidden is None) != (ref_weight is None):
-        raise ValueError("ref_hidden and ref_weight must be given together")
-    if ref_weight is not None and ref_weight.shape[0] != weight.shape[0]:
-        raise ValueError(f"vocab sizes differ: policy {weight.shape[0]} vs reference {ref_weight.shape[0]}")
+    _check_fused_shapes(hidden, weight, ref_hidden, ref_weight, targets)
     lead = tuple(hidden.shape[:-1])
     which = _pick_impl(impl, hidden.device.type, div)
     if which == "naive":
@@ -183,8 +206,7 @@ def fused_linear_divergence_loss(
     """
     div = _resolve(divergence, divergence_kwargs)
     temperature = _check_temperature(temperature)
-    if (ref_hidden is None) != (ref_weight is None):
-        raise ValueError("ref_hidden and ref_weight must be given together")
+    _check_fused_shapes(hidden, weight, ref_hidden, ref_weight, targets)
     if weights_logp is not None and targets is None:
         raise ValueError("weights_logp needs targets")
     if weights_div is not None and ref_hidden is None:
