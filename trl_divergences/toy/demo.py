@@ -1,0 +1,268 @@
+"""The embedded demo: GRPO from the toy base policy with several divergence penalties, evaluated side by side.
+
+Each configuration trains from the same base for the same steps and seed; the table reports, on training and
+held-out prompts, pass@1 and pass@k (unbiased), distinct correct answers per prompt, mean per-token entropy and
+the exact per-token KL to the base in both directions. ``--model`` / ``--dataset`` take hub names or local folders
+(the same loading path as for real models); with a dataset other than the toy task the table reports the training
+reward and divergence from the logs instead (the toy evaluation needs the toy verifier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .evaluate import evaluate
+from .model import build_base_model
+from .task import make_dataset, split_prompts, sum_reward
+from .tokenizer import load_tokenizer
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One row of the demo: a label and the DivergenceGRPOConfig fields that differ from the shared ones."""
+
+    label: str
+    beta: float
+    divergence: str = "reverse_kl"
+    estimator: str = "k3"
+    divergence_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+#: the default rows (coefficients from research/toy-task-findings.md: JS is bounded, so it needs a larger one)
+DEFAULT_RUNS: tuple[RunSpec, ...] = (
+    RunSpec("no penalty", beta=0.0),
+    RunSpec("reverse KL (k3)", beta=0.2),
+    RunSpec("forward KL (full)", beta=0.2, divergence="forward_kl", estimator="full"),
+    RunSpec("JS (full)", beta=2.0, divergence="js", estimator="full"),
+)
+
+METRICS = ("pass@1", "pass@{k}", "distinct_correct", "entropy", "forward_kl", "reverse_kl")
+
+
+def _load_reward(spec: str) -> Callable[..., list[float]]:
+    if spec == "toy":
+        return sum_reward
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"--reward must be 'toy' or 'package.module:function', got {spec!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _load_dataset(name: str | None, split: str):
+    import datasets
+
+    if name is None:
+        return make_dataset(split)
+    path = Path(name)
+    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    return datasets.load_dataset(name, split=split)
+
+
+def _load_tokenizer(model: str, toy: bool):
+    if toy:
+        return load_tokenizer(model)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
+
+
+def _trainer_args(spec: RunSpec, args: argparse.Namespace, output_dir: Path, seed: int):
+    from ..trl import DivergenceGRPOConfig
+
+    return DivergenceGRPOConfig(
+        output_dir=str(output_dir),
+        beta=spec.beta,
+        divergence=spec.divergence,
+        divergence_estimator=spec.estimator,
+        divergence_kwargs=dict(spec.divergence_kwargs),
+        learning_rate=args.lr,
+        max_steps=args.steps,
+        num_generations=args.num_generations,
+        per_device_train_batch_size=args.num_generations * args.prompts_per_step,
+        max_completion_length=args.max_completion_length,
+        temperature=1.0,
+        logging_steps=max(1, args.steps // 10),
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        use_cpu=True,
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=not args.progress,
+    )
+
+
+def train_one(spec: RunSpec, args: argparse.Namespace, model: str, tokenizer, dataset, reward, seed: int):
+    """Train one configuration from ``model``; returns (trained model, log history)."""
+    from ..trl import DivergenceGRPOTrainer
+
+    out = Path(args.output_dir) / "runs" / f"{spec.label.replace(' ', '_')}-seed{seed}"
+    trainer = DivergenceGRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=_trainer_args(spec, args, out, seed),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    return trainer.model, trainer.state.log_history
+
+
+def _summary_from_logs(history: list[dict[str, float]]) -> dict[str, float]:
+    logs = [h for h in history if "reward" in h]
+    tail = logs[-max(1, len(logs) // 4) :]
+    return {key: sum(h.get(key, 0.0) for h in tail) / len(tail) for key in ("reward", "kl", "entropy")}
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+    import trl
+
+    from .. import __version__
+
+    return {
+        "trl-divergences": __version__,
+        "torch": torch.__version__,
+        "trl": trl.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def _mean(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
+
+
+def format_table(results: dict[str, dict[str, dict[str, float]]], k: int) -> str:
+    """Markdown table: one row per configuration, metric columns per prompt split."""
+    first = next(iter(results.values()))
+    splits = list(first)
+    metrics = [m.format(k=k) for m in METRICS if m.format(k=k) in first[splits[0]]] or list(first[splits[0]])
+    header = ["config"] + [f"{s} {m}" for s in splits for m in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, by_split in results.items():
+        cells = [f"{by_split[s].get(m, math.nan):.3f}" for s in splits for m in metrics]
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, dict[str, float]]], path: Path, ks: Sequence[int]) -> None:
+    """pass@k curves per split (left panels) and distinct correct answers / entropy bars (right panel)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(next(iter(results.values())))
+    fig, axes = plt.subplots(1, len(splits) + 1, figsize=(5 * (len(splits) + 1), 4))
+    for ax, split in zip(axes, splits):
+        for label, by_split in results.items():
+            ax.plot(ks, [by_split[split][f"pass@{k}"] for k in ks], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set(title=f"pass@k — {split} prompts", xlabel="k", ylabel="pass@k", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    ax = axes[-1]
+    labels = list(results)
+    x = torch.arange(len(labels)).float()
+    split = splits[0]
+    ax.bar(x - 0.2, [results[lbl][split]["distinct_correct"] for lbl in labels], 0.4, label="distinct correct")
+    ax.bar(x + 0.2, [results[lbl][split]["entropy"] * 10 for lbl in labels], 0.4, label="entropy × 10")
+    ax.set_xticks(x.tolist(), labels, rotation=30, ha="right", fontsize=8)
+    ax.set(title=f"diversity — {split} prompts")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="hub name or local folder of the base policy (default: the embedded toy model)")
+    p.add_argument("--dataset", help="hub name or local folder with a 'prompt' column (default: the toy task)")
+    p.add_argument("--reward", default="toy", help="'toy' or 'package.module:function' (TRL reward function)")
+    p.add_argument("--output-dir", default="demo_outputs")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--num-generations", type=int, default=8)
+    p.add_argument("--prompts-per-step", type=int, default=8)
+    p.add_argument("--max-completion-length", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=1, help="seeds per configuration (the table reports the mean)")
+    p.add_argument("--eval-samples", type=int, default=64, help="samples per prompt; pass@k is reported up to it")
+    p.add_argument("--runs", help="comma-separated subset of run labels to train (default: all)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    runs = DEFAULT_RUNS
+    if args.runs:
+        wanted = [r.strip() for r in args.runs.split(",")]
+        unknown = sorted(set(wanted) - {r.label for r in DEFAULT_RUNS})
+        if unknown:
+            raise SystemExit(f"unknown --runs {unknown}; valid: {[r.label for r in DEFAULT_RUNS]}")
+        runs = tuple(r for r in DEFAULT_RUNS if r.label in wanted)
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    start = time.perf_counter()
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    toy_model, toy_data = args.model is None, args.dataset is None
+    model = str(args.model or build_base_model(progress=args.progress))
+    tokenizer = _load_tokenizer(model, toy_model)
+    dataset = _load_dataset(args.dataset, "train")
+    reward = _load_reward(args.reward)
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= args.eval_samples]
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    base = None
+    if toy_data:
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(model)
+        splits = {"train": split_prompts("train"), "heldout": split_prompts("heldout")}
+
+        def score(policy) -> dict[str, dict[str, float]]:
+            return {
+                s: evaluate(policy, tokenizer, prompts, n_samples=args.eval_samples, ks=ks, base_model=base)
+                for s, prompts in splits.items()
+            }
+
+        results["base"] = score(base)
+    for spec in tqdm(runs, desc="configurations", disable=not args.progress):
+        per_seed = []
+        for seed in range(args.seeds):
+            policy, history = train_one(spec, args, model, tokenizer, dataset, reward, seed)
+            per_seed.append(score(policy) if toy_data else {"train": _summary_from_logs(history)})
+        results[spec.label] = {s: _mean([r[s] for r in per_seed]) for s in per_seed[0]}
+
+    k_max = ks[-1]
+    table = format_table(results, k_max)
+    elapsed = time.perf_counter() - start
+    payload = {
+        "args": vars(args),
+        "runs": [asdict(r) for r in runs],
+        "results": results,
+        "seconds": elapsed,
+        "versions": _versions(),
+    }
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2))
+    (out_dir / "results.md").write_text(table + "\n")
+    if toy_data:
+        plot(results, out_dir / "results.png", ks)
+    print(table)
+    print(f"\nsaved {out_dir / 'results.json'} and the plot; total {elapsed:.0f} s")
+    return payload
