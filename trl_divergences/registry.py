@@ -5,7 +5,8 @@ validation read the registry, so error messages always name the valid choices.""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -50,7 +51,5 @@ class Registry(Generic[T]):
         accepted = self.accepted_kwargs(name)
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
-            raise ValueError(
-                f"{self.kind} {name!r} got unknown argument(s) {unknown}; accepted: {accepted or 'none'}"
-            )
+            raise ValueError(f"{self.kind} {name!r} got unknown argument(s) {unknown}; accepted: {accepted or 'none'}")
         return factory(**kwargs)

@@ -15,6 +15,11 @@ and its partial derivative ``dterm(lp, lr) = ∂term/∂lp = π f'(π/ρ)``. Eve
   which lowers its variance near π = ρ; for reverse KL this is Schulman's k3 = r − 1 − log r);
 * k3+ (straight-through, as verl's ``low_var_kl+``): value k3, gradient (f'(u) − f'(1))∇log π(y) with u = 1/r,
   whose expectation under π is the exact gradient ∇D_f (Σ_v f'(π_v/ρ_v) ∇π_v). For reverse KL this is k2's gradient.
+* importance weighting w = π/π_old (TRL's ``use_bias_correction_kl``): value estimators (k1, k3) are multiplied by
+  w *with* its graph, so E_{π_old}[w·k] = E_π[k] = D_f for every θ and the expected gradient is exactly ∇D_f — even
+  on-policy, where w = 1 in value but ∇w = ∇log π (this turns TRL's k3, whose plain gradient is the forward-KL
+  gradient, into the reverse-KL gradient); gradient-shaped estimators (k2, k3+) by w detached, which keeps their
+  expected gradient ∇D_f off-policy.
 
 Zero-mass convention: masked entries — log-probabilities at or below ``MASKED_LOG_PROB`` (−1e4: logits of −inf,
 ``finfo.min`` or −1e9; no real model's log-prob gets there) — are replaced by ``log_floor`` (default −50, a mass of
@@ -39,6 +44,8 @@ from ..registry import Registry
 DEFAULT_LOG_FLOOR = -50.0
 #: log-probabilities at or below this are masked entries (zero mass); see the module docstring
 MASKED_LOG_PROB = -1e4
+#: overflow guard of the sampled estimators' log-ratio (e^80 is finite in fp32)
+_MAX_LOG_RATIO = 80.0
 
 DIVERGENCES: Registry[Divergence] = Registry("divergence")
 
@@ -61,6 +68,8 @@ class Divergence:
     f_prime_at_1: float = 0.0
     #: extra sampled estimators a subclass supports beyond k1/k3/k3+ (e.g. reverse KL's k2).
     extra_estimators: tuple[str, ...] = ()
+    #: estimators whose gradient (not value) is the designed quantity: importance weights enter them detached
+    gradient_shaped: tuple[str, ...] = ("k2", "k3+")
 
     def __init__(self, *, log_floor: float = DEFAULT_LOG_FLOOR) -> None:
         if not (isinstance(log_floor, (int, float)) and math.isfinite(log_floor) and log_floor < 0):
@@ -121,12 +130,15 @@ class Divergence:
 
         return logprob_entropy_divergence(policy_logits, ref_logits, None, divergence=self, temperature=temperature)[2]
 
-    def sampled(self, logp: Tensor, ref_logp: Tensor, estimator: str = "k3") -> Tensor:
+    def sampled(
+        self, logp: Tensor, ref_logp: Tensor, estimator: str = "k3", importance_weight: Tensor | None = None
+    ) -> Tensor:
         """Per-token estimate from log-probs of tokens sampled from π (``logp`` differentiable, ``ref_logp`` not).
 
         ``k1``: r f(1/r), unbiased, higher variance. ``k3``: k1 + f'(1)(r − 1), unbiased, lower variance near π = ρ.
-        ``k3+``: value k3, gradient (f'(1/r) − f'(1))∇log π(y), unbiased for ∇D on-policy. Samples from π_old
-        need the π/π_old importance weight (the trainer applies TRL's ``use_bias_correction_kl``).
+        ``k3+``: value k3, gradient (f'(1/r) − f'(1))∇log π(y), unbiased for ∇D on-policy.
+        ``importance_weight``: π/π_old per token (or broadcastable), with its graph; see the module docstring for
+        how it enters each estimator (with it, every estimator's expected gradient is ∇D_f).
         """
         if estimator not in self.estimators:
             raise ValueError(
@@ -136,11 +148,16 @@ class Divergence:
         dtype = compute_dtype(logp.dtype)
         lp = logp.to(dtype)
         lr = ref_logp.to(dtype).detach()
-        return self._sampled(lp, lr, estimator)
+        value = self._sampled(lp, lr, estimator)
+        if importance_weight is None:
+            return value
+        weight = importance_weight.to(dtype)
+        return value * (weight.detach() if estimator in self.gradient_shaped else weight)
 
     def _sampled(self, lp: Tensor, lr: Tensor, estimator: str) -> Tensor:
         zero = torch.zeros_like(lp)
-        log_r = (lr - lp).clamp(min=self.log_floor, max=-self.log_floor)
+        lpf, lrf = self.floored(lp, lr)
+        log_r = (lrf - lpf).clamp(min=-_MAX_LOG_RATIO, max=_MAX_LOG_RATIO)
         k1 = self.term(zero, log_r)
         if estimator == "k1":
             return k1
@@ -150,6 +167,22 @@ class Divergence:
         # k3+: straight-through. f'(u) at the sampled token is dterm(0, log r) = 1·f'(1/r).
         slope = (self.dterm(zero, log_r) - self.f_prime_at_1).detach()
         return k3.detach() + slope * (lp - lp.detach())
+
+    def reference_sampled(self, logp: Tensor, ref_logp: Tensor) -> Tensor:
+        """Per-token generator-form estimate on tokens sampled from the *reference* (DPH-RL, "The Choice of
+        Divergence", 2025): f_c(u) = f(u) − f'(1)(u − 1), u = π(y)/ρ(y), y ~ ρ, with f(u) = ``term(log u, 0)``.
+
+        E_ρ[f_c(u)] = Σ_v ρ_v f(π_v/ρ_v) = D_f(π‖ρ) (the control variate has mean zero under ρ), f_c ≥ 0, and since
+        ρ does not depend on θ, ∇E_ρ[f_c] = ∇D_f exactly: summed over ρ's teacher-forced prefixes this is the exact
+        per-token divergence and its gradient. Identities with DPH-RL's generators: forward_kl gives u − 1 − log u;
+        js (β = ½) gives ½·(u log u − (u + 1) log((u + 1)/2)) (DPH-RL's "JS generator" is 2× ours); alpha(a) is
+        DPH-RL's α-generator with their α = 1 − a. ``logp`` is differentiable, ``ref_logp`` is detached; log u is
+        clamped to ±|log_floor|.
+        """
+        dtype = compute_dtype(logp.dtype)
+        lr = ref_logp.to(dtype).detach()
+        log_u = (logp.to(dtype) - lr).clamp(min=self.log_floor, max=-self.log_floor)
+        return self.term(log_u, torch.zeros_like(log_u)) - self.f_prime_at_1 * torch.expm1(log_u)
 
 
 def get_divergence(name: str | Divergence, **kwargs) -> Divergence:

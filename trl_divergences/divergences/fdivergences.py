@@ -22,9 +22,10 @@ class ReverseKL(Divergence):
 
     Sampled on y ~ π (r = ρ/π): k1 = −log r; k2 = ½(log r)²; k3 = r − 1 − log r (Schulman's low-variance
     estimator, TRL's and GRPO's default); k3+ = value k3 with k2's gradient (verl's ``low_var_kl+``).
-    Gradients as per-token losses (on-policy): E[∇k1] = 0; E[∇k2] = ∇KL(π‖ρ) exactly; E[∇k3] = ∇KL(ρ‖π), the
-    *forward*-KL gradient ("Rethinking KL Regularization in RLHF", Liu et al., 2025). Use ``k3+``/``k2`` or the exact
-    ``full`` estimator to get the reverse-KL gradient you asked for.
+    Gradients as plain per-token losses (on-policy, no importance weight): E[∇k1] = 0; E[∇k2] = ∇KL(π‖ρ) exactly;
+    E[∇k3] = ∇KL(ρ‖π), the *forward*-KL gradient ("Rethinking KL Regularization in RLHF", Liu et al., 2025). With
+    TRL's ``use_bias_correction_kl`` (default on) k3 is multiplied by π/π_old with its graph, and then
+    E[∇(w·k3)] = E[log(π/ρ)∇log π] = ∇KL(π‖ρ): the reverse-KL gradient (see ``importance_weight`` in :mod:`.base`).
     """
 
     f_prime_at_1 = 1.0
@@ -38,7 +39,8 @@ class ReverseKL(Divergence):
 
     def _sampled(self, lp: Tensor, lr: Tensor, estimator: str) -> Tensor:
         if estimator == "k2":
-            return 0.5 * (lr - lp).clamp(min=self.log_floor, max=-self.log_floor) ** 2
+            lpf, lrf = self.floored(lp, lr)
+            return 0.5 * (lrf - lpf) ** 2
         return super()._sampled(lp, lr, estimator)
 
 

@@ -244,11 +244,12 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
         if not full:
-            per_token_div = self.divergence.sampled(
-                per_token_logps, inputs["ref_per_token_logps"], self.args.divergence_estimator
+            weight = (
+                self._importance_weights(per_token_logps, inputs, mask) if self.args.use_bias_correction_kl else None
             )
-            if self.args.use_bias_correction_kl:
-                per_token_div = per_token_div * self._importance_weights(per_token_logps, inputs, mask)
+            per_token_div = self.divergence.sampled(
+                per_token_logps, inputs["ref_per_token_logps"], self.args.divergence_estimator, importance_weight=weight
+            )
         per_token_div = per_token_div.to(loss.dtype)
         loss = loss + self.divergence_coef * trl_loss_normalize(self, per_token_div, mask, inputs)
         self._log_divergence(mode, self._global_masked_mean(per_token_div.detach(), mask), log_kl=True)
