@@ -51,7 +51,7 @@ DEFAULT_RUNS: tuple[RunSpec, ...] = (
 METRICS = ("pass@1", "pass@{k}", "distinct_correct", "entropy", "forward_kl", "reverse_kl")
 
 
-def _load_reward(spec: str) -> Callable[..., list[float]]:
+def load_reward(spec: str) -> Callable[..., list[float]]:
     if spec == "toy":
         return sum_reward
     module, _, name = spec.partition(":")
@@ -60,7 +60,7 @@ def _load_reward(spec: str) -> Callable[..., list[float]]:
     return getattr(importlib.import_module(module), name)
 
 
-def _load_dataset(name: str | None, split: str):
+def load_dataset(name: str | None, split: str):
     import datasets
 
     if name is None:
@@ -72,7 +72,7 @@ def _load_dataset(name: str | None, split: str):
     return datasets.load_dataset(name, split=split)
 
 
-def _load_tokenizer(model: str, toy: bool):
+def load_model_tokenizer(model: str, toy: bool):
     if toy:
         return load_tokenizer(model)
     from transformers import AutoTokenizer
@@ -222,9 +222,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     toy_model, toy_data = args.model is None, args.dataset is None
     model = str(args.model or build_base_model(progress=args.progress))
-    tokenizer = _load_tokenizer(model, toy_model)
-    dataset = _load_dataset(args.dataset, "train")
-    reward = _load_reward(args.reward)
+    tokenizer = load_model_tokenizer(model, toy_model)
+    dataset = load_dataset(args.dataset, "train")
+    reward = load_reward(args.reward)
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= args.eval_samples]
 
     results: dict[str, dict[str, dict[str, float]]] = {}
