@@ -33,3 +33,15 @@ def tiny_model(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def store(tiny_model, tokenizer, tmp_path_factory):
+    """A store of the tiny model on the first 9 toy training prompts (k = 4), built with :func:`synthetic_reward`."""
+    from trl_divergences.rehearsal.build import BuildConfig, build_store
+    from trl_divergences.toy import make_dataset
+
+    path = tmp_path_factory.mktemp("store") / "s"
+    config = BuildConfig(k=4, max_new_tokens=3, shard_size=3, seed=0)
+    build_store(tiny_model, tokenizer, make_dataset("train").select(range(9)), synthetic_reward, path, config, False)
+    return path

@@ -30,13 +30,6 @@ def _contents(path) -> tuple[list, list, list]:
     )
 
 
-@pytest.fixture(scope="module")
-def store(tiny_model, tokenizer, tmp_path_factory):
-    path = tmp_path_factory.mktemp("store") / "s"
-    build_store(tiny_model, tokenizer, _data(), synthetic_reward, path, CONFIG, progress=False)
-    return path
-
-
 def test_split_is_perfect_iff_all_k_correct_and_store_holds_only_their_correct_samples(store):
     samples, prompts, exploration = _contents(store)
     meta = load_meta(store)

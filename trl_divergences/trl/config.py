@@ -8,6 +8,7 @@ from typing import Any
 from trl import GRPOConfig
 
 from ..divergences import DIVERGENCES, get_divergence
+from ..rehearsal.loss import REHEARSAL_DIVERGENCES, build_rehearsal_loss
 
 FULL = "full"
 
@@ -38,8 +39,47 @@ class DivergenceGRPOConfig(GRPOConfig):
         metadata={"help": "Hyper-parameters of the divergence, e.g. {'beta': 0.5} for js, {'alpha': 0.5} for alpha."},
     )
 
+    # ---- reference-sample rehearsal (DPH-RL); see trl_divergences/rehearsal/README.md -------------------------
+    rehearsal_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of a rehearsal store (`python -m trl_divergences.rehearsal build ...`); None = off. "
+            "Adds rehearsal_coef × a divergence on stored correct base-model samples each micro-batch."
+        },
+    )
+    rehearsal_divergence: str = field(
+        default="forward_kl",
+        metadata={"help": f"Rehearsal loss: one of {', '.join(REHEARSAL_DIVERGENCES)} (nll = plain SFT)."},
+    )
+    rehearsal_coef: float = field(
+        default=0.01,
+        metadata={
+            "help": "Coefficient of the rehearsal loss (DPH-RL's default 0.01; their ranges: forward_kl/alpha "
+            "0.01–0.05, js 0.05–0.2 for their 2× JS, i.e. 0.1–0.4 for ours)."
+        },
+    )
+    rehearsal_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stored samples per micro-batch; None = per_device_train_batch_size // 8 (at least 1), "
+            "DPH-RL's ratio of 256 stored to 2048 RL samples."
+        },
+    )
+    rehearsal_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Rehearsal loss options: log_ratio_clamp, value_clamp (None = off; default the official "
+            "20 / 10 for forward_kl), beta for js, alpha for alpha (default 0.8 = DPH-RL's 0.2)."
+        },
+    )
+    rehearsal_exploration_only: bool = field(
+        default=True,
+        metadata={"help": "Drop the store's perfect prompts from train_dataset (DPH-RL runs RL on the rest only)."},
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._validate_rehearsal()
         if self.divergence_kwargs is None:
             self.divergence_kwargs = {}
         if not isinstance(self.divergence_kwargs, dict):
@@ -51,6 +91,23 @@ class DivergenceGRPOConfig(GRPOConfig):
                 f"divergence_estimator {self.divergence_estimator!r} is not supported by divergence "
                 f"{self.divergence!r}; valid: {', '.join(valid)}"
             )
+
+    def _validate_rehearsal(self) -> None:
+        from ..rehearsal.store import load_meta
+
+        if self.rehearsal_kwargs is None:
+            self.rehearsal_kwargs = {}
+        if not isinstance(self.rehearsal_kwargs, dict):
+            raise ValueError(f"rehearsal_kwargs must be a dict, got {type(self.rehearsal_kwargs).__name__}")
+        build_rehearsal_loss(self.rehearsal_divergence, **self.rehearsal_kwargs)
+        if not (isinstance(self.rehearsal_coef, (int, float)) and self.rehearsal_coef >= 0):
+            raise ValueError(f"rehearsal_coef must be a non-negative number, got {self.rehearsal_coef!r}")
+        if self.rehearsal_batch_size is None:
+            self.rehearsal_batch_size = max(1, self.per_device_train_batch_size // 8)
+        if not (isinstance(self.rehearsal_batch_size, int) and self.rehearsal_batch_size >= 1):
+            raise ValueError(f"rehearsal_batch_size must be a positive integer, got {self.rehearsal_batch_size!r}")
+        if self.rehearsal_dataset is not None:
+            load_meta(self.rehearsal_dataset)
 
     def build_divergence(self):
         """The configured :class:`~trl_divergences.divergences.Divergence` instance."""

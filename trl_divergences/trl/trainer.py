@@ -10,8 +10,12 @@ Overridden (all private TRL methods below are covered by tests that fail if TRL 
 * ``_get_per_token_logps_and_entropies``: records the policy log-probs of the loss forward (with their graph).
 * ``_compute_loss``: runs TRL's loss with TRL's own k3 switched off (``self.beta = 0`` for the duration), then adds
   ``beta ×`` the chosen per-token divergence, aggregated with the normalizer of the configured ``loss_type``.
+* with ``rehearsal_dataset`` set (reference-sample rehearsal, DPH-RL; ``trl/rehearsal.py``): ``__init__`` drops the
+  store's perfect prompts from ``train_dataset``; ``_compute_loss`` adds the rehearsal term on stored samples;
+  ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` save and restore the rehearsal stream's position.
 
-With ``divergence="reverse_kl"`` and ``divergence_estimator="k3"`` (the defaults) TRL's code runs untouched.
+With ``divergence="reverse_kl"`` and ``divergence_estimator="k3"`` (the defaults) and no rehearsal, TRL's code runs
+untouched.
 """
 
 from __future__ import annotations
@@ -19,15 +23,18 @@ from __future__ import annotations
 import contextlib
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import use_adapter
 
 from ..ops import fused_linear_logprob_entropy_divergence
 from .config import FULL, DivergenceGRPOConfig
+from .rehearsal import Rehearsal, exploration_only
 
 try:
     from peft import PeftModel
@@ -102,7 +109,12 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             raise TypeError(
                 f"DivergenceGRPOTrainer needs args=DivergenceGRPOConfig(...), got {type(train_args).__name__}"
             )
+        if train_args is not None and train_args.rehearsal_dataset and train_args.rehearsal_exploration_only:
+            args, kwargs = self._exploration_prompts(args, kwargs, train_args.rehearsal_dataset)
         super().__init__(*args, **kwargs)
+        self._rehearsal = (
+            Rehearsal(self.args, self.processing_class.pad_token_id) if self.args.rehearsal_dataset else None
+        )
         self.divergence = self.args.build_divergence()
         self.divergence_coef = float(self.args.beta)
         self._stock_kl = self.args.uses_stock_kl
@@ -216,6 +228,34 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         return result
 
     def _compute_loss(self, model, inputs: dict[str, Any]) -> Tensor:
+        loss = self._divergence_loss(model, inputs)
+        if self._rehearsal is not None and self.model.training:
+            loss = loss + self._rehearsal.term(self, model, inputs)
+        return loss
+
+    # ---- reference-sample rehearsal (trl/rehearsal.py) -----------------------------------------------------------
+    @staticmethod
+    def _exploration_prompts(args: tuple, kwargs: dict[str, Any], store: str) -> tuple[tuple, dict[str, Any]]:
+        """Replace the train_dataset argument by its exploration prompts (the store's perfect ones removed)."""
+        if len(args) > 3:
+            return (*args[:3], exploration_only(args[3], store), *args[4:]), kwargs
+        if kwargs.get("train_dataset") is not None:
+            kwargs = {**kwargs, "train_dataset": exploration_only(kwargs["train_dataset"], store)}
+        return args, kwargs
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self._rehearsal is not None and self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self._rehearsal.save(folder)
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self._rehearsal is not None and checkpoint is not None:
+            self._rehearsal.load(checkpoint)
+
+    # ---- the divergence penalty ------------------------------------------------------------------------------------
+    def _divergence_loss(self, model, inputs: dict[str, Any]) -> Tensor:
         mode = "train" if self.model.training else "eval"
         if not self._active:
             loss = super()._compute_loss(model, inputs)
