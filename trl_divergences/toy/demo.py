@@ -38,6 +38,10 @@ class RunSpec:
     divergence: str = "reverse_kl"
     estimator: str = "k3"
     divergence_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: reference-sample rehearsal (DPH-RL): the rehearsal loss and its coefficient; RL then runs on the
+    #: exploration prompts only and the store is built once from the base model (see trl_divergences/rehearsal)
+    rehearsal: str | None = None
+    rehearsal_coef: float = 0.0
 
 
 #: the default rows (coefficients from research/toy-task-findings.md: JS is bounded, so it needs a larger one)
@@ -46,12 +50,18 @@ DEFAULT_RUNS: tuple[RunSpec, ...] = (
     RunSpec("reverse KL (k3)", beta=0.2),
     RunSpec("forward KL (full)", beta=0.2, divergence="forward_kl", estimator="full"),
     RunSpec("JS (full)", beta=2.0, divergence="js", estimator="full"),
+    # rehearsal rows: no penalty on the RL samples (beta = 0, the paper's setting); coefficients as the online rows
+    # of the same divergence, so the rows differ only in where the divergence is estimated (stored base samples of
+    # the perfect prompts vs. every online sample); the paper's 0.01-0.05 is for lr 1e-6 and would not move here
+    RunSpec("rehearsal forward KL", beta=0.0, rehearsal="forward_kl", rehearsal_coef=0.2),
+    RunSpec("rehearsal JS", beta=0.0, rehearsal="js", rehearsal_coef=2.0),
 )
 
 METRICS = ("pass@1", "pass@{k}", "distinct_correct", "entropy", "forward_kl", "reverse_kl")
 
 
 def load_reward(spec: str) -> Callable[..., list[float]]:
+    """``toy`` (the toy verifier) or a ``package.module:function`` TRL reward function."""
     if spec == "toy":
         return sum_reward
     module, _, name = spec.partition(":")
@@ -61,6 +71,7 @@ def load_reward(spec: str) -> Callable[..., list[float]]:
 
 
 def load_dataset(name: str | None, split: str):
+    """The toy task's split (``name`` None), a ``save_to_disk`` folder, or a hub dataset."""
     import datasets
 
     if name is None:
@@ -73,6 +84,7 @@ def load_dataset(name: str | None, split: str):
 
 
 def load_model_tokenizer(model: str, toy: bool):
+    """The toy tokenizer of a toy model folder, else ``AutoTokenizer``."""
     if toy:
         return load_tokenizer(model)
     from transformers import AutoTokenizer
@@ -80,10 +92,13 @@ def load_model_tokenizer(model: str, toy: bool):
     return AutoTokenizer.from_pretrained(model)
 
 
-def _trainer_args(spec: RunSpec, args: argparse.Namespace, output_dir: Path, seed: int):
+def _trainer_args(spec: RunSpec, args: argparse.Namespace, output_dir: Path, seed: int, store: Path | None):
     from ..trl import DivergenceGRPOConfig
 
     return DivergenceGRPOConfig(
+        rehearsal_dataset=None if spec.rehearsal is None else str(store),
+        rehearsal_divergence=spec.rehearsal or "forward_kl",
+        rehearsal_coef=spec.rehearsal_coef,
         output_dir=str(output_dir),
         beta=spec.beta,
         divergence=spec.divergence,
@@ -106,7 +121,28 @@ def _trainer_args(spec: RunSpec, args: argparse.Namespace, output_dir: Path, see
     )
 
 
-def train_one(spec: RunSpec, args: argparse.Namespace, model: str, tokenizer, dataset, reward, seed: int):
+def build_rehearsal_store(args: argparse.Namespace, model: str, tokenizer, dataset, reward) -> Path:
+    """The rehearsal store of the base model on the training prompts, in ``<output-dir>/rehearsal_store`` (DPH-RL's
+    sampling: k = 8, T = 1, top-p 0.95; reused when already built with the same settings)."""
+    from transformers import AutoModelForCausalLM
+
+    from ..rehearsal.build import BuildConfig, build_store
+
+    path = Path(args.output_dir) / "rehearsal_store"
+    config = BuildConfig(k=8, temperature=1.0, top_p=0.95, max_new_tokens=args.max_completion_length, seed=0)
+    meta = build_store(
+        AutoModelForCausalLM.from_pretrained(model), tokenizer, dataset, reward, path, config, progress=args.progress
+    )
+    print(
+        f"rehearsal store: {meta['n_perfect']} perfect / {meta['n_exploration']} exploration prompts, "
+        f"{meta['n_samples']} stored samples"
+    )
+    return path
+
+
+def train_one(
+    spec: RunSpec, args: argparse.Namespace, model: str, tokenizer, dataset, reward, seed: int, store: Path | None
+):
     """Train one configuration from ``model``; returns (trained model, log history)."""
     from ..trl import DivergenceGRPOTrainer
 
@@ -114,7 +150,7 @@ def train_one(spec: RunSpec, args: argparse.Namespace, model: str, tokenizer, da
     trainer = DivergenceGRPOTrainer(
         model=model,
         reward_funcs=reward,
-        args=_trainer_args(spec, args, out, seed),
+        args=_trainer_args(spec, args, out, seed, store),
         train_dataset=dataset,
         processing_class=tokenizer,
     )
@@ -242,10 +278,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             }
 
         results["base"] = score(base)
+    store = build_rehearsal_store(args, model, tokenizer, dataset, reward) if any(r.rehearsal for r in runs) else None
     for spec in tqdm(runs, desc="configurations", disable=not args.progress):
         per_seed = []
         for seed in range(args.seeds):
-            policy, history = train_one(spec, args, model, tokenizer, dataset, reward, seed)
+            policy, history = train_one(spec, args, model, tokenizer, dataset, reward, seed, store)
             per_seed.append(score(policy) if toy_data else {"train": _summary_from_logs(history)})
         results[spec.label] = {s: _mean([r[s] for r in per_seed]) for s in per_seed[0]}
 
