@@ -1,0 +1,40 @@
+"""Embedded toy task for the demo and tests: ``S n =`` → ``a b`` with a + b = n, a local tokenizer, a tiny cached
+Qwen2 base policy whose pass@1 is well below its pass@k, and a sampling evaluation (pass@k, diversity, divergence)."""
+
+from .evaluate import evaluate, pass_at_k
+from .model import BaseModelConfig, build_base_model, build_random_model, default_cache_dir
+from .task import (
+    N_TRAIN,
+    is_correct,
+    make_dataset,
+    parse_answer,
+    parse_prompt,
+    prompt_text,
+    split_prompts,
+    split_targets,
+    sum_reward,
+    valid_answers,
+)
+from .tokenizer import VOCAB, build_tokenizer, load_tokenizer
+
+__all__ = [
+    "N_TRAIN",
+    "VOCAB",
+    "BaseModelConfig",
+    "build_base_model",
+    "build_random_model",
+    "build_tokenizer",
+    "default_cache_dir",
+    "evaluate",
+    "is_correct",
+    "load_tokenizer",
+    "make_dataset",
+    "parse_answer",
+    "parse_prompt",
+    "pass_at_k",
+    "prompt_text",
+    "split_prompts",
+    "split_targets",
+    "sum_reward",
+    "valid_answers",
+]
