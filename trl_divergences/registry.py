@@ -29,6 +29,16 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_class(self, name: str) -> Callable[[type], type]:
+        """Class decorator: registers the class under ``name`` and sets its ``name`` attribute."""
+
+        def decorator(cls: type) -> type:
+            cls.name = name
+            self.register(name)(cls)
+            return cls
+
+        return decorator
+
     def names(self) -> list[str]:
         return list(self._entries)
 
@@ -45,11 +55,21 @@ class Registry(Generic[T]):
         params = inspect.signature(self.factory(name)).parameters
         return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
 
+    def required_kwargs(self, name: str) -> list[str]:
+        """Keyword arguments of ``name`` without a default (hyper-parameters with no published default)."""
+        params = inspect.signature(self.factory(name)).parameters
+        return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and v.default is v.empty]
+
     def build(self, name: str, **kwargs: Any) -> T:
-        """Instantiate ``name`` with ``kwargs``; an unknown kwarg raises ``ValueError`` naming the accepted ones."""
+        """Instantiate ``name`` with ``kwargs``; an unknown or missing kwarg raises ``ValueError`` naming the accepted
+        (or required) ones."""
         factory = self.factory(name)
         accepted = self.accepted_kwargs(name)
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
             raise ValueError(f"{self.kind} {name!r} got unknown argument(s) {unknown}; accepted: {accepted or 'none'}")
+        missing = [k for k in self.required_kwargs(name) if k not in kwargs]
+        if missing:
+            doc = (inspect.getdoc(factory) or "").split("\n\n")[0]
+            raise ValueError(f"{self.kind} {name!r} requires argument(s) {missing} (no default); {doc}")
         return factory(**kwargs)

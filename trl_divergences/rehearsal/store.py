@@ -13,7 +13,6 @@ A store folder (written by :func:`~trl_divergences.rehearsal.build.build_store`)
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import seeding
+
 SAMPLES, PROMPTS, EXPLORATION, SHARDS, META = "samples", "prompts", "exploration", "shards", "meta.json"
 
 
 def derive_seed(seed: int, index: int) -> int:
     """A 63-bit seed from (seed, index): per-prompt sampling and per-epoch shuffling never share a stream."""
-    digest = hashlib.sha256(f"trl-divergences/rehearsal:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return seeding.derive_seed("rehearsal", seed, index)
 
 
 def prompt_key(prompt: Any) -> str:
