@@ -1,4 +1,4 @@
-"""Fused per-token log-prob + entropy + f-divergence over the vocabulary, with backward.
+"""Fused per-token log-prob + entropy + f-divergence (and nucleus statistics) over the vocabulary, with backward.
 
 Public ops (shapes: leading dims ``...`` are flattened to N rows):
 
@@ -6,10 +6,13 @@ Public ops (shapes: leading dims ``...`` are flattened to N rows):
 * :func:`fused_linear_logprob_entropy_divergence` — from hidden states [..., H] and lm_head weights [V, H], never
   materializing either side's logits in full;
 * :func:`fused_linear_divergence_loss` — the scalar Σ (w_logp·logp + w_ent·H + w_div·D) for known per-token weights,
-  with the gradients computed in the forward (no recomputation of the projections: as fast as naive, tiled memory).
+  with the gradients computed in the forward (no recomputation of the projections: as fast as naive, tiled memory);
+* :func:`nucleus_stats` / :func:`fused_linear_nucleus_stats` (:mod:`.nucleus`, chunked torch only) — SIREN's top-p
+  entropy (differentiable), the probability mass above the target and Lp-Reg's min-p proxy log-probability, as a
+  :class:`NucleusStats`, from logits or from hidden states and lm_head weights.
 
-``impl`` picks the implementation: ``"auto"`` (Triton on CUDA when available and the divergence has a Triton
-term, the chunked torch path elsewhere), ``"chunked"``, ``"triton"`` (also runs on CPU under
+For the divergence ops, ``impl`` picks the implementation: ``"auto"`` (Triton on CUDA when available and the
+divergence has a Triton term, the chunked torch path elsewhere), ``"chunked"``, ``"triton"`` (also runs on CPU under
 ``TRITON_INTERPRET=1``) or ``"naive"`` (the test oracle: full logits, autograd).
 """
 
@@ -22,14 +25,18 @@ from torch import Tensor
 
 from ..divergences import Divergence, get_divergence
 from . import chunked, naive
+from .nucleus import NucleusStats, fused_linear_nucleus_stats, nucleus_stats
 
 IMPLS = ("auto", "chunked", "naive", "triton")
 
 __all__ = [
     "IMPLS",
+    "NucleusStats",
     "fused_linear_divergence_loss",
     "fused_linear_logprob_entropy_divergence",
+    "fused_linear_nucleus_stats",
     "logprob_entropy_divergence",
+    "nucleus_stats",
 ]
 
 
