@@ -70,6 +70,10 @@ class Divergence:
     extra_estimators: tuple[str, ...] = ()
     #: estimators whose gradient (not value) is the designed quantity: importance weights enter them detached
     gradient_shaped: tuple[str, ...] = ("k2", "k3+")
+    #: the divergence is to a frozen reference model (False for Lp-Reg, whose "reference" is the policy's proxy)
+    needs_reference: bool = True
+    #: a trainer may offer the exact full-vocabulary estimator against the reference model
+    supports_full: bool = True
 
     def __init__(self, *, log_floor: float = DEFAULT_LOG_FLOOR) -> None:
         if not (isinstance(log_floor, (int, float)) and math.isfinite(log_floor) and log_floor < 0):
@@ -201,10 +205,4 @@ def list_divergences() -> list[str]:
 
 def register_divergence(name: str) -> Callable[[type[Divergence]], type[Divergence]]:
     """Class decorator registering a :class:`Divergence` subclass under ``name``."""
-
-    def decorator(cls: type[Divergence]) -> type[Divergence]:
-        cls.name = name
-        DIVERGENCES.register(name)(cls)
-        return cls
-
-    return decorator
+    return DIVERGENCES.register_class(name)
