@@ -1,0 +1,88 @@
+"""Coefficient / divergence schedules: FG-ExPO's accuracy-conditioned KL, PACED's forward-then-reverse KL, warm-up."""
+
+from __future__ import annotations
+
+import math
+
+from ..checks import check_fraction, check_nonnegative, check_positive_int
+from .base import SCHEDULES, Schedule
+
+
+def _stage_length(method: str, steps: int | None, fraction: float | None, max_steps: int) -> float:
+    """A stage length in steps, from an absolute ``steps`` or a ``fraction`` of max_steps."""
+    if steps is not None:
+        return float(steps)
+    if max_steps <= 0:
+        raise ValueError(f"{method}: a fraction of the run needs max_steps > 0; give the length in steps instead")
+    return fraction * max_steps
+
+
+def _check_length(method: str, steps: int | None, fraction: float | None, name: str) -> None:
+    if steps is not None and fraction is not None:
+        raise ValueError(f"{method}: give {name}_steps or {name}_fraction, not both")
+    if steps is not None:
+        check_positive_int(method, f"{name}_steps", steps)
+    if fraction is not None:
+        check_fraction(method, f"{name}_fraction", fraction)
+
+
+@SCHEDULES.register_class("accuracy_conditioned")
+class AccuracyConditioned(Schedule):
+    """Accuracy-conditioned KL scaling, AKL ("FG-ExPO", 2026; [paper]): β_eff = β·ρ(ā), ρ(x) = (tanh(x) + 1)/2 ∈
+    [0.5, 0.881] for x ∈ [0, 1], ā = mean correctness over all rollouts of the batch (all processes). The paper's β is
+    0.02 (the trainer's ``beta``) with a k3 penalty in the loss (the default estimator)."""
+
+    needs_accuracy = True
+
+    def __call__(self, step: int, max_steps: int, accuracy: float | None = None) -> tuple[float, str | None]:
+        if accuracy is None:
+            raise ValueError("accuracy_conditioned needs the batch accuracy")
+        return (math.tanh(accuracy) + 1.0) / 2.0, None
+
+
+@SCHEDULES.register_class("forward_then_reverse")
+class ForwardThenReverse(Schedule):
+    """PACED's two-stage schedule ("PACED", 2026; [secondary]): forward KL(ρ‖π) (mode coverage) for the first
+    stage, reverse KL(π‖ρ) (consolidation) after. The stage length is not published: ``switch_fraction`` of
+    max_steps (default ½) or ``switch_steps``. The estimator is the configured one (it must exist for both)."""
+
+    divergences = ("forward_kl", "reverse_kl")
+
+    def __init__(self, *, switch_steps: int | None = None, switch_fraction: float | None = None) -> None:
+        _check_length("forward_then_reverse", switch_steps, switch_fraction, "switch")
+        self.switch_steps = switch_steps
+        self.switch_fraction = 0.5 if switch_steps is None and switch_fraction is None else switch_fraction
+
+    def __call__(self, step: int, max_steps: int, accuracy: float | None = None) -> tuple[float, str | None]:
+        switch = _stage_length("forward_then_reverse", self.switch_steps, self.switch_fraction, max_steps)
+        return 1.0, ("forward_kl" if step < switch else "reverse_kl")
+
+
+@SCHEDULES.register_class("warmup")
+class Warmup(Schedule):
+    """Linear warm-up of the coefficient from 0 to β over ``warmup_steps`` (or ``warmup_fraction`` of max_steps,
+    default 10%), then constant, or, with ``final_multiplier`` set, linear from β to final_multiplier·β at the last
+    step. Multiplier at step s: min(1, (s + 1)/warm-up length) during the warm-up."""
+
+    def __init__(
+        self,
+        *,
+        warmup_steps: int | None = None,
+        warmup_fraction: float | None = None,
+        final_multiplier: float | None = None,
+    ) -> None:
+        _check_length("warmup", warmup_steps, warmup_fraction, "warmup")
+        self.warmup_steps = warmup_steps
+        self.warmup_fraction = 0.1 if warmup_steps is None and warmup_fraction is None else warmup_fraction
+        self.final_multiplier = (
+            None if final_multiplier is None else check_nonnegative("warmup", "final_multiplier", final_multiplier)
+        )
+
+    def __call__(self, step: int, max_steps: int, accuracy: float | None = None) -> tuple[float, str | None]:
+        warm = max(_stage_length("warmup", self.warmup_steps, self.warmup_fraction, max_steps), 1.0)
+        if step + 1 < warm:
+            return (step + 1) / warm, None
+        if self.final_multiplier is None or max_steps <= warm:
+            return 1.0, None
+        progress = min(1.0, (step + 1 - warm) / (max_steps - warm))
+        return 1.0 + (self.final_multiplier - 1.0) * progress, None
