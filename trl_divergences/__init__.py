@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import ops
+from .curricula import get_curriculum, get_schedule, list_curricula, list_schedules
 from .divergences import Divergence, get_divergence, list_divergences, register_divergence
+from .masks import get_token_mask, list_token_masks, register_token_mask
+from .reweighting import get_advantage_reweighting, list_advantage_reweightings, register_advantage_reweighting
 
 __version__ = "0.1.0"
 
@@ -13,10 +16,20 @@ __all__ = [
     "DivergenceGRPOConfig",
     "DivergenceGRPOTrainer",
     "Divergence",
+    "get_advantage_reweighting",
+    "get_curriculum",
     "get_divergence",
+    "get_schedule",
+    "get_token_mask",
+    "list_advantage_reweightings",
+    "list_curricula",
     "list_divergences",
+    "list_schedules",
+    "list_token_masks",
     "ops",
+    "register_advantage_reweighting",
     "register_divergence",
+    "register_token_mask",
 ]
 
 

@@ -70,6 +70,6 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} got unknown argument(s) {unknown}; accepted: {accepted or 'none'}")
         missing = [k for k in self.required_kwargs(name) if k not in kwargs]
         if missing:
-            doc = (inspect.getdoc(factory) or "").split("\n\n")[0]
+            doc = " ".join((inspect.getdoc(factory) or "").split("\n\n")[0].split())
             raise ValueError(f"{self.kind} {name!r} requires argument(s) {missing} (no default); {doc}")
         return factory(**kwargs)

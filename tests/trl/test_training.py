@@ -18,6 +18,7 @@ CASES = [
     for name in td.list_divergences()
     for estimator in (*td.get_divergence(name).estimators, "full")
     if (name, estimator) != ("reverse_kl", "k3")  # the stock path: covered by test_parity
+    and name != "lp_reg"  # selects no token at its defaults on this model: covered by test_catalog
 ]
 
 

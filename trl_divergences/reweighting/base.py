@@ -75,13 +75,18 @@ class AdvantageReweighting:
 
     ``needs_reference``: the method reads ρ's log-probs (an adapter must compute them even when the divergence
     coefficient is 0). ``whole_groups_per_process``: per-token group statistics need every row of a group on the
-    same process (an adapter checks its batch layout allows it).
+    same process (an adapter checks its batch layout allows it). ``reweights_divergence`` / ``drops_rollouts``: the
+    outputs ``divergence_weight`` / ``keep`` may be set.
     """
 
     name: str = ""
     requires: frozenset[str] = frozenset()
     needs_reference: bool = False
     whole_groups_per_process: bool = False
+    #: returns a ``divergence_weight`` (the penalty differs per rollout: TRL's inline k3 cannot apply it)
+    reweights_divergence: bool = False
+    #: returns ``keep`` flags (rollouts leave the loss: needs a token-count loss normalizer)
+    drops_rollouts: bool = False
 
     def __call__(self, rollouts: Rollouts) -> Reweighted:
         raise NotImplementedError
