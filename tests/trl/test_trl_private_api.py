@@ -41,3 +41,40 @@ def test_fused_head_and_adapter_helpers_exist():
     assert callable(trl_utils.use_adapter)
     src = inspect.getsource(trl_utils.add_fused_lm_head)
     assert "last_hidden_state[:, :-1]" in src  # our hidden-state alignment assumes TRL's shift
+
+
+def test_catalog_seams_keep_their_signatures():
+    """The seams of the method catalog (trl/trainer.py, trl/rollout.py)."""
+    assert _params(GRPOTrainer._get_train_sampler) == ["self", "dataset"]
+    assert _params(GRPOTrainer._calculate_rewards) == [
+        "self",
+        "inputs",
+        "prompts",
+        "completions",
+        "completion_ids_list",
+    ]
+    assert _params(GRPOTrainer.get_high_entropy_mask) == ["self", "entropies", "mask", "threshold"]
+    assert _params(GRPOTrainer._tokenize_prompts) == ["self", "prompts"]
+    assert _params(GRPOTrainer._generate_single_turn)[:5] == [
+        "self",
+        "prompt_ids",
+        "images",
+        "multimodal_fields",
+        "num_generations",
+    ]
+    assert _params(GRPOTrainer._save_checkpoint) == ["self", "model", "trial"]
+    assert _params(GRPOTrainer._load_optimizer_and_scheduler) == ["self", "checkpoint"]
+
+
+def test_catalog_reads_instance_attributes_we_set():
+    """Masks enter through get_high_entropy_mask, which TRL calls iff ``self.top_entropy_quantile < 1``; the greedy
+    filter swaps ``self.generation_config``; the reward stash is TRL's gathered ``rewards_per_func``."""
+    loss_src = inspect.getsource(GRPOTrainer._compute_loss)
+    assert "if self.top_entropy_quantile < 1.0:" in loss_src
+    assert "self.get_high_entropy_mask(entropies, mask" in loss_src
+    assert "per_token_loss = per_token_loss * entropy_mask" in loss_src
+    assert "generation_config=self.generation_config" in inspect.getsource(GRPOTrainer._generate_single_turn)
+    assert "rewards_per_func = gather(rewards_per_func)" in inspect.getsource(GRPOTrainer._calculate_rewards)
+    rollout_src = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    assert "rewards_per_func * self.reward_weights" in rollout_src
+    assert "rewards.view(-1, num_generations)" in rollout_src  # groups are consecutive rows: our group ids
