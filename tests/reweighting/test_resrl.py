@@ -70,7 +70,7 @@ def test_matches_the_formula_on_a_local_slice() -> None:
     lengths = [6, 5, 4, 6] + [3, 6, 6, 2] + [3, 6, 5, 4]
     hidden = torch.randn(12, 6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     batch = rollouts([float(r) for r in rewards], advantages, groups, lengths, hidden, local=slice(4, 16))
-    out = get_advantage_reweighting("resrl")(batch)
+    out = get_advantage_reweighting("resrl", pca="exact")(batch)
     assert out.advantages.shape == (12, 6) and out.advantages.dtype == torch.float64
 
     h = hidden.numpy()
@@ -148,7 +148,7 @@ def test_lowrank_pca_approximates_exact_on_low_rank_positives() -> None:
     hidden = torch.cat([pos, neg]).reshape(3, 20, 16)
     batch = rollouts([1.0, 1.0, 0.0], [0.5, 0.5, -1.0], [0, 0, 0], [20, 20, 20], hidden)
     torch.manual_seed(0)
-    exact = get_advantage_reweighting("resrl", rank=3)(batch).advantages
+    exact = get_advantage_reweighting("resrl", pca="exact", rank=3)(batch).advantages
     lowrank = get_advantage_reweighting("resrl", rank=3, pca="lowrank")(batch).advantages
     torch.testing.assert_close(lowrank, exact, rtol=0, atol=1e-3)
     assert exact[2].min() < -0.1 and exact[2].max() > -1.0  # a spread of weights, not the flat case
@@ -158,13 +158,15 @@ def test_flat_distances_give_the_midpoint_weight() -> None:
     g = torch.Generator().manual_seed(3)
     # (a) k = H: 10 positive tokens in H = 4 → k = min(64, 9, 4) = 4, every residual is 0
     hidden = torch.randn(2, 10, 4, dtype=torch.float64, generator=g)
-    out = get_advantage_reweighting("resrl")(rollouts([1.0, 0.0], [1.0, -1.0], [5, 5], [10, 7], hidden))
+    out = get_advantage_reweighting("resrl", pca="exact")(rollouts([1.0, 0.0], [1.0, -1.0], [5, 5], [10, 7], hidden))
     expected = torch.tensor([-(1 + XI) / 2] * 7 + [-1.0] * 3, dtype=torch.float64)  # masked tokens × 1
     torch.testing.assert_close(out.advantages[1], expected, rtol=0, atol=1e-15)
     # (b) identical negative tokens: hi − lo = 0
     hidden = torch.randn(2, 6, 8, dtype=torch.float64, generator=g)
     hidden[1] = hidden[1, 0]
-    out = get_advantage_reweighting("resrl", min_weight=0.3)(rollouts([1.0, 0.0], [1.0, -1.0], [0, 0], [6, 6], hidden))
+    out = get_advantage_reweighting("resrl", pca="exact", min_weight=0.3)(
+        rollouts([1.0, 0.0], [1.0, -1.0], [0, 0], [6, 6], hidden)
+    )
     torch.testing.assert_close(out.advantages[1], torch.full((6,), -0.65, dtype=torch.float64), rtol=0, atol=1e-15)
 
 
@@ -174,7 +176,7 @@ def test_groups_without_both_polarities_or_enough_positive_tokens_are_skipped() 
     rewards = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]
     advantages = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, -1.0]
     batch = rollouts(rewards, advantages, [0, 0, 1, 1, 2, 3, 4, 4], [4, 4, 4, 4, 4, 4, 3, 4], hidden)
-    out = get_advantage_reweighting("resrl", positive_weight=0.3)(batch)
+    out = get_advantage_reweighting("resrl", pca="exact", positive_weight=0.3)(batch)
     expected = torch.tensor([0.0] * 6 + [0.3, -1.0], dtype=torch.float64)[:, None].expand(8, 4)
     torch.testing.assert_close(out.advantages, expected, rtol=0, atol=0)
     assert out.metrics == {"mean_negative_weight": 1.0, "groups_processed_fraction": 0.0}
@@ -182,12 +184,14 @@ def test_groups_without_both_polarities_or_enough_positive_tokens_are_skipped() 
 
 def test_all_masked_tokens_and_zero_advantages_stay_finite() -> None:
     hidden = torch.randn(4, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    masked = get_advantage_reweighting("resrl")(
+    masked = get_advantage_reweighting("resrl", pca="exact")(
         rollouts([1.0, 1.0, 0.0, 0.0], [1.0, 1.0, -1.0, -1.0], [0] * 4, [0, 0, 0, 0], hidden)
     )
     expected = torch.tensor([0.1, 0.1, -1.0, -1.0], dtype=torch.float64)[:, None].expand(4, 5)
     torch.testing.assert_close(masked.advantages, expected, rtol=0, atol=1e-15)
-    zero = get_advantage_reweighting("resrl")(rollouts([1.0, 1.0, 0.0, 0.0], [0.0] * 4, [0] * 4, [5] * 4, hidden))
+    zero = get_advantage_reweighting("resrl", pca="exact")(
+        rollouts([1.0, 1.0, 0.0, 0.0], [0.0] * 4, [0] * 4, [5] * 4, hidden)
+    )
     assert zero.advantages.eq(0).all() and zero.metrics["groups_processed_fraction"] == 1.0
 
 
@@ -197,8 +201,8 @@ def test_unscored_rollouts_get_zero_and_do_not_move_the_others() -> None:
     hidden[3] = 1e3 * torch.randn(6, 8, dtype=torch.float64, generator=g)
     with_unscored = rollouts([1.0, 0.0, 0.0, NAN], [1.0, -0.5, -0.5, NAN], [0] * 4, [6, 6, 5, 6], hidden)
     without = rollouts([1.0, 0.0, 0.0], [1.0, -0.5, -0.5], [0] * 3, [6, 6, 5], hidden[:3])
-    a = get_advantage_reweighting("resrl")(with_unscored).advantages
-    b = get_advantage_reweighting("resrl")(without).advantages
+    a = get_advantage_reweighting("resrl", pca="exact")(with_unscored).advantages
+    b = get_advantage_reweighting("resrl", pca="exact")(without).advantages
     assert a[3].eq(0).all()
     torch.testing.assert_close(a[:3], b, rtol=0, atol=0)
 
@@ -209,7 +213,7 @@ def test_sampling_of_positive_tokens_is_deterministic() -> None:
 
     def run(groups: list[int], **kwargs) -> torch.Tensor:
         batch = rollouts([1.0, 1.0, 0.0, 0.0], [0.5, 0.5, -0.5, -0.5], groups, [6] * 4, hidden)
-        return get_advantage_reweighting("resrl", **kwargs)(batch).advantages
+        return get_advantage_reweighting("resrl", **{"pca": "exact", **kwargs})(batch).advantages
 
     sampled = run([9] * 4, max_positive_tokens=5)
     torch.testing.assert_close(run([9] * 4, max_positive_tokens=5), sampled, rtol=0, atol=0)
@@ -224,7 +228,7 @@ def test_low_precision_inputs() -> None:
     hidden = torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16)
     batch = rollouts([1.0, 1.0, 0.0, 0.0], [0.5, 0.5, -0.5, -0.5], [0] * 4, [6, 5, 6, 4], hidden)
     batch.advantages = batch.advantages.float()
-    out = get_advantage_reweighting("resrl")(batch)
+    out = get_advantage_reweighting("resrl", pca="exact")(batch)
     assert out.advantages.dtype == torch.float32 and torch.isfinite(out.advantages).all()
     assert (out.advantages[2:] <= -0.5 * XI + 1e-6).all() and (out.advantages[2:] >= -0.5 - 1e-6).all()
 
@@ -233,11 +237,11 @@ def test_missing_hidden_raises() -> None:
     batch = rollouts([1.0, 0.0], [1.0, -1.0], [0, 0], [2, 2], torch.zeros(2, 2, 4, dtype=torch.float64))
     batch.hidden = None
     with pytest.raises(ValueError, match="hidden"):
-        get_advantage_reweighting("resrl")(batch)
+        get_advantage_reweighting("resrl", pca="exact")(batch)
 
 
 def test_mismatched_shapes_raise() -> None:
     batch = rollouts([1.0, 0.0], [1.0, -1.0], [0, 0], [2, 2], torch.zeros(2, 2, 4, dtype=torch.float64))
     batch.local = slice(0, 1)
     with pytest.raises(ValueError, match=r"n = 1 local rows"):
-        get_advantage_reweighting("resrl")(batch)
+        get_advantage_reweighting("resrl", pca="exact")(batch)
