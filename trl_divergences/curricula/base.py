@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from ..checks import check_fraction
+from ..checks import check_fraction, check_positive_int
 from ..registry import Registry
 from ..seeding import derive_seed
 
@@ -111,6 +111,7 @@ class CurriculumSampler(Sampler[int]):
         seed: int = 0,
         history: int = 8,
     ) -> None:
+        check_positive_int("curriculum sampler", "history", history)
         if batch_size > n_prompts:
             raise ValueError(f"a generation batch needs {batch_size} distinct prompts, the dataset has {n_prompts}")
         curriculum.bind(n_prompts)

@@ -60,9 +60,9 @@ class ForwardThenReverse(Schedule):
 
 @SCHEDULES.register_class("warmup")
 class Warmup(Schedule):
-    """Linear warm-up of the coefficient from 0 to β over ``warmup_steps`` (or ``warmup_fraction`` of max_steps,
-    default 10%), then constant, or, with ``final_multiplier`` set, linear from β to final_multiplier·β at the last
-    step. Multiplier at step s: min(1, (s + 1)/warm-up length) during the warm-up."""
+    """Linear warm-up of the coefficient to β over ``warmup_steps`` w (or ``warmup_fraction`` of max_steps, default
+    10%): multiplier (s + 1)/w at step s < w − 1 (β/w at the first step, β from step w − 1), then constant, or, with
+    ``final_multiplier`` set, linear from β to final_multiplier·β at the last step."""
 
     def __init__(
         self,

@@ -15,10 +15,11 @@ class SelfCurriculum(Curriculum):
 
     The official code shrinks the batch (then pads it to the world size by repeating samples) and skips a step with
     nothing left. Ours keeps GRPO's group structure and a fixed batch size: dropped slots are refilled with prompts
-    drawn uniformly from the training set (seeded, the same on every process) whose greedy answer is also wrong —
-    up to ``refill_rounds`` rounds of one candidate batch each — and slots still empty after that repeat the kept
-    prompts in order. A batch with nothing kept trains on nothing (zero advantages). ``refill_rounds=0`` gives the
-    official sample repetition.
+    drawn uniformly from the training set (seeded by seed, step and process: reproducible, and processes do not
+    draw the same candidates) whose greedy answer is also wrong — up to ``refill_rounds`` rounds of one candidate
+    batch each — and slots still empty after that repeat the chosen (kept and refilled) prompts in order. A batch
+    with nothing chosen trains on nothing (zero advantages). ``refill_rounds=0`` gives the official sample
+    repetition.
     """
 
     kind = "filter"
@@ -30,8 +31,8 @@ class SelfCurriculum(Curriculum):
 
     @staticmethod
     def plan(kept: list[int], refills: list[int], n_slots: int) -> list[int] | None:
-        """The batch's prompts (``n_slots`` of them): the kept ones, then refills (greedy-wrong candidates), then the
-        kept ones repeated in order; None when nothing is kept or found (the step trains on nothing)."""
+        """The batch's prompts (``n_slots`` of them): the kept ones, then refills (greedy-wrong candidates), then those
+        chosen ones repeated in order; None when nothing is kept or found (the step trains on nothing)."""
         chosen = (kept + refills)[:n_slots]
         if not chosen:
             return None

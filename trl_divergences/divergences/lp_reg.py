@@ -40,8 +40,8 @@ def low_probability_selection(
 
     Candidates: valid tokens with A < 0; k = ⌊ρ·n⌋ over the n candidates (of this micro-batch, or of all processes
     when ``gather`` concatenates over them); none if k ≤ 1; else the candidates whose log π is at most the k-th
-    smallest, further restricted to log π(y) < log π_proxy(y) (tokens the min-p filter removed have
-    log π_proxy = −1e4 and never pass).
+    smallest (ties at the threshold included), further restricted to log π(y) < log π_proxy(y) (tokens the min-p
+    filter removed have log π_proxy = −1e4 and never pass).
     """
     adv = advantages if advantages.dim() == logps.dim() else advantages.unsqueeze(-1)
     candidates = mask.bool() & (adv < 0)
@@ -52,8 +52,9 @@ def low_probability_selection(
     k = math.floor(rho * values.numel())
     if k <= 1:
         return torch.zeros_like(candidates)
-    threshold = torch.kthvalue(values.float(), k).values
-    return candidates & (lp <= threshold) & (lp < proxy_logps)
+    dtype = compute_dtype(values.dtype)
+    threshold = torch.kthvalue(values.to(dtype), k).values
+    return candidates & (lp.to(dtype) <= threshold) & (lp < proxy_logps)
 
 
 @register_divergence("lp_reg")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..divergences.base import compute_dtype
 from ..groups import Gather
 from ..registry import Registry
 
@@ -140,13 +141,13 @@ def top_fraction(values: Tensor, mask: Tensor, fraction: float, scope: str, gath
     valid = mask.bool()
     v = values.detach()
     if scope == "global":
-        pool = v[valid].float()
+        pool = v[valid].to(compute_dtype(v.dtype))
         pool = pool if gather is None else gather(pool)
         k = int(fraction * pool.numel())
         if k == 0:
             return torch.zeros_like(valid)
         threshold = torch.kthvalue(pool, pool.numel() - k + 1).values
-        return valid & (v >= threshold)
+        return valid & (v.to(threshold.dtype) >= threshold)
     rows = v if scope == "sequence" else v.reshape(1, -1)
     rows_valid = valid if scope == "sequence" else valid.reshape(1, -1)
     k = (fraction * rows_valid.sum(-1, keepdim=True)).floor()

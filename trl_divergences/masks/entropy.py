@@ -108,7 +108,11 @@ class Siren(TokenMask):
         return {"anchor": self.anchor}
 
     def load_state_dict(self, state: dict) -> None:
-        self.anchor = state["anchor"]
+        if state.keys() != {"anchor"}:
+            raise ValueError(f"siren: expected state {{'anchor': ...}}, got {state!r}")
+        self.anchor = None
+        if state["anchor"] is not None:
+            self.set_anchor(state["anchor"])
 
 
 @register_token_mask("eksft")
@@ -121,7 +125,10 @@ class EKSFT(TokenMask):
     counted per sequence (``scope="sequence"``: the paper's per-device batch of one sequence), per micro-batch or over
     all processes. The union (``combine="intersection"`` is the option) leaves the policy-gradient loss; on those
     tokens the loss adds −λ_H·mean_E[H/log|V|] + λ_KL·mean_K[KL], λ_H = λ_KL = 0.05 (the script's values; the
-    dataclass defaults 1.0 / 0.5 are not used by the paper). With ``dynamic_coef`` (the official code's per-step
+    dataclass defaults 1.0 / 0.5 are not used by the paper); with ``combine="intersection"`` only E ∩ K leaves the
+    policy gradient, while the two terms still act on E and K. The terms are means over this micro-batch's selected
+    tokens at every scope (``"global"`` moves only the selection thresholds; ties at them are included). With
+    ``dynamic_coef`` (the official code's per-step
     wobble, not persisted) λ_H is ×1.05 when the entropy term is below ``entropy_target`` = 0.5 (else ×0.95) and
     λ_KL ×1.05 when the KL term is above ``kl_target`` = 2.0 (else ×0.95).
 
@@ -161,6 +168,10 @@ class EKSFT(TokenMask):
         high_entropy = top_fraction(batch.entropies, valid, self.ratio, self.scope, gather)
         high_kl = top_fraction(batch.reverse_kl, valid, self.ratio, self.scope, gather)
         selected = high_entropy | high_kl if self.combine == "union" else high_entropy & high_kl
+        if not (isinstance(batch.vocab_size, int) and batch.vocab_size >= 2):
+            raise ValueError(
+                f"eksft normalizes by log |V|: vocab_size must be an integer ≥ 2, got {batch.vocab_size!r}"
+            )
         normalized = batch.entropies / math.log(batch.vocab_size)
         entropy_term = _masked_mean(normalized, high_entropy)
         kl_term = _masked_mean(batch.reverse_kl, high_kl)
