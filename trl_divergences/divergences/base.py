@@ -105,9 +105,7 @@ class Divergence:
 
     def floored(self, lp: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
         """Masked entries (log-prob ≤ ``MASKED_LOG_PROB``, e.g. −inf) -> ``log_floor``; other values kept exact."""
-        return lp.masked_fill(lp <= MASKED_LOG_PROB, self.log_floor), lr.masked_fill(
-            lr <= MASKED_LOG_PROB, self.log_floor
-        )
+        return _floor(lp, self.log_floor), _floor(lr, self.log_floor)
 
     def rows(self, lp: Tensor, lr: Tensor) -> Tensor:
         """Σ_v term over the last dimension, from normalized log-probs [..., V] -> [...]."""
@@ -117,7 +115,9 @@ class Divergence:
     def rows_grad(self, lp: Tensor, lr: Tensor) -> Tensor:
         """∂D/∂z for normalized log-probs [..., V] of logits z: dterm − π Σ dterm (zero on masked entries)."""
         lpf, lrf = self.floored(lp, lr)
-        d = self.dterm(lpf, lrf).masked_fill(lp <= MASKED_LOG_PROB, 0.0)
+        d = self.dterm(lpf, lrf)
+        if lpf is not lp:
+            d = d.masked_fill(lp <= MASKED_LOG_PROB, 0.0)
         return d - lp.exp() * d.sum(-1, keepdim=True)
 
     def full(self, policy_logits: Tensor, ref_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -187,6 +187,14 @@ class Divergence:
         lr = ref_logp.to(dtype).detach()
         log_u = (logp.to(dtype) - lr).clamp(min=self.log_floor, max=-self.log_floor)
         return self.term(log_u, torch.zeros_like(log_u)) - self.f_prime_at_1 * torch.expm1(log_u)
+
+
+def _floor(x: Tensor, log_floor: float) -> Tensor:
+    """``x`` with masked entries (≤ ``MASKED_LOG_PROB``) set to ``log_floor``; ``x`` itself when there are none (a
+    min reduction instead of a full-size copy on the common path)."""
+    if x.numel() == 0 or x.min() > MASKED_LOG_PROB:
+        return x
+    return x.masked_fill(x <= MASKED_LOG_PROB, log_floor)
 
 
 def get_divergence(name: str | Divergence, **kwargs) -> Divergence:
