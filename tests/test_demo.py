@@ -35,14 +35,15 @@ def test_demo_evaluates_toy_task_and_plots(tmp_path):
     out = tmp_path / "out"
     payload = main(
         ["--model", str(model_dir), "--steps", "1", "--eval-samples", "4", "--output-dir", str(out),
-         "--runs", "forward KL (full)", "--no-progress"]
+         "--runs", "forward KL (full),SIREN", "--no-progress"]
     )  # fmt: skip
     results = payload["results"]
-    assert list(results) == ["base", "forward KL (full)"]
-    for split in ("train", "heldout"):
-        row = results["forward KL (full)"][split]
-        assert {"pass@1", "pass@4", "distinct_correct", "entropy", "forward_kl", "reverse_kl"} <= row.keys()
-        assert 0.0 <= row["pass@1"] <= row["pass@4"] <= 1.0
+    assert list(results) == ["base", "forward KL (full)", "SIREN"]
+    for label in ("forward KL (full)", "SIREN"):
+        for split in ("train", "heldout"):
+            row = results[label][split]
+            assert {"pass@1", "pass@4", "distinct_correct", "entropy", "forward_kl", "reverse_kl"} <= row.keys()
+            assert 0.0 <= row["pass@1"] <= row["pass@4"] <= 1.0
     assert (out / "results.png").stat().st_size > 1000
 
 
@@ -55,4 +56,4 @@ def test_format_table_orders_metrics():
     row = {"pass@1": 0.1, "pass@4": 0.4, "distinct_correct": 2.0, "entropy": 0.5, "forward_kl": 0.0, "reverse_kl": 0.0}
     table = format_table({"base": {"train": row}}, k=4)
     assert table.splitlines()[0].startswith("| config | train pass@1 | train pass@4 | train distinct_correct")
-    assert {r.label for r in DEFAULT_RUNS} >= {"reverse KL (k3)", "forward KL (full)", "JS (full)"}
+    assert {r.label for r in DEFAULT_RUNS} >= {"reverse KL (k3)", "forward KL (full)", "JS (full)", "W-REINFORCE"}

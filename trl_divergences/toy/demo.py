@@ -42,6 +42,8 @@ class RunSpec:
     #: exploration prompts only and the store is built once from the base model (see trl_divergences/rehearsal)
     rehearsal: str | None = None
     rehearsal_coef: float = 0.0
+    #: method-catalog fields of DivergenceGRPOConfig (token_masks, advantage_reweighting, curriculum, ...)
+    catalog: dict[str, Any] = field(default_factory=dict)
 
 
 #: the default rows (coefficients from research/toy-task-findings.md: JS is bounded, so it needs a larger one)
@@ -55,6 +57,11 @@ DEFAULT_RUNS: tuple[RunSpec, ...] = (
     # the perfect prompts vs. every online sample); the paper's 0.01-0.05 is for lr 1e-6 and would not move here
     RunSpec("rehearsal forward KL", beta=0.0, rehearsal="forward_kl", rehearsal_coef=0.2),
     RunSpec("rehearsal JS", beta=0.0, rehearsal="js", rehearsal_coef=2.0),
+    # catalog rows at the official defaults of each method (W-REINFORCE and SIREN train without a KL, as in their
+    # papers; the curriculum row adds FG-ExPO's Gaussian sampling to the reverse-KL row)
+    RunSpec("W-REINFORCE", beta=0.0, catalog={"advantage_reweighting": "w_reinforce"}),
+    RunSpec("SIREN", beta=0.0, catalog={"token_masks": ["siren"]}),
+    RunSpec("reverse KL (k3) + Gaussian curriculum", beta=0.2, catalog={"curriculum": "gaussian"}),
 )
 
 METRICS = ("pass@1", "pass@{k}", "distinct_correct", "entropy", "forward_kl", "reverse_kl")
@@ -104,6 +111,7 @@ def _trainer_args(spec: RunSpec, args: argparse.Namespace, output_dir: Path, see
         divergence=spec.divergence,
         divergence_estimator=spec.estimator,
         divergence_kwargs=dict(spec.divergence_kwargs),
+        **spec.catalog,
         learning_rate=args.lr,
         max_steps=args.steps,
         num_generations=args.num_generations,
