@@ -1,17 +1,3 @@
-"""Shared fixtures of the divergence tests."""
+"""Fixtures of the divergences tests: single-threaded torch (tiny tensors)."""
 
-from __future__ import annotations
-
-from collections.abc import Iterator
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """The tensors here are tiny: intra-op threads only add overhead (and stall badly on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests._threads import single_thread  # noqa: F401  (autouse fixture)

@@ -5,5 +5,7 @@ import os
 
 import torch
 
+from tests._threads import single_thread  # noqa: F401  (autouse fixture)
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -4,8 +4,6 @@ logits, temperature, bf16, None inputs, and argument errors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -26,15 +24,6 @@ CASES = [
 ]
 IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
 VOCAB = 37  # odd, and not a multiple of any chunk size used here
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add overhead (and stall badly on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _randn(shape: tuple[int, ...], seed: int, scale: float = 2.0, dtype: torch.dtype = torch.float64) -> torch.Tensor:

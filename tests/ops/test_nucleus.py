@@ -5,7 +5,6 @@ temperature, bf16, top_k cutting the nucleus, the requested-outputs logic, gradc
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,15 +15,6 @@ from trl_divergences.ops.nucleus import NucleusFusedLinear
 
 F64 = torch.float64
 MASKED = -1e4
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add overhead (and stall badly on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _randn(shape: tuple[int, ...], seed: int, scale: float = 2.0, dtype: torch.dtype = F64) -> torch.Tensor:
