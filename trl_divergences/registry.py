@@ -73,3 +73,22 @@ class Registry(Generic[T]):
             doc = " ".join((inspect.getdoc(factory) or "").split("\n\n")[0].split())
             raise ValueError(f"{self.kind} {name!r} requires argument(s) {missing} (no default); {doc}")
         return factory(**kwargs)
+
+
+class Method:
+    """Base of the catalog's method objects (token masks, reweightings, curricula, schedules): the registered
+    ``name`` and checkpoint state, empty unless a subclass keeps some (then it overrides both methods)."""
+
+    name: str = ""
+    #: the kind of method, for messages
+    method_kind: str = "method"
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{self.method_kind} {self.name!r} is stateless, got state {state!r}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -19,28 +19,18 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from ..checks import check_fraction, check_positive_int
-from ..registry import Registry
+from ..registry import Method, Registry
 from ..seeding import derive_seed
 
 CURRICULA: Registry[Curriculum] = Registry("curriculum")
 SCHEDULES: Registry[Schedule] = Registry("coefficient schedule")
 
 
-class Curriculum:
+class Curriculum(Method):
     """Base class of curricula; ``kind`` is ``"sampler"`` (:class:`PassRateCurriculum`) or ``"filter"``."""
 
-    name: str = ""
+    method_kind = "curriculum"
     kind: str = "sampler"
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state:
-            raise ValueError(f"curriculum {self.name!r} is stateless, got state {state!r}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 class PassRateCurriculum(Curriculum):
@@ -158,28 +148,17 @@ class CurriculumSampler(Sampler[int]):
         self.curriculum.bind(self.n_prompts)
 
 
-class Schedule:
+class Schedule(Method):
     """Base class of coefficient schedules: :meth:`__call__` gives (coefficient multiplier, divergence name or None
     for the configured one) at a training step. ``needs_accuracy``: the value depends on the batch's mean
     correctness; ``divergences``: the names the schedule may switch to (validated against the estimator)."""
 
-    name: str = ""
+    method_kind = "coefficient schedule"
     needs_accuracy: bool = False
     divergences: tuple[str, ...] = ()
 
     def __call__(self, step: int, max_steps: int, accuracy: float | None = None) -> tuple[float, str | None]:
         raise NotImplementedError
-
-    def state_dict(self) -> dict:
-        """Empty: every built-in schedule is a function of (step, batch accuracy)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state:
-            raise ValueError(f"schedule {self.name!r} is stateless, got state {state!r}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 def get_curriculum(name: str, **kwargs) -> Curriculum:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..divergences.base import compute_dtype
 from ..groups import Gather
-from ..registry import Registry
+from ..registry import Method, Registry
 
 TOKEN_MASKS: Registry[TokenMask] = Registry("token mask")
 
@@ -72,14 +72,14 @@ class MaskOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-class TokenMask:
+class TokenMask(Method):
     """Base class of token masks; subclasses set ``requires`` and implement :meth:`__call__`.
 
     Attributes an adapter reads: ``requires`` (:data:`TOKEN_FIELDS` entries), ``top_p`` / ``top_k`` (the nucleus
     of ``topp_entropy``), ``min_p`` (the proxy of ``proxy_logps``), ``needs_reference`` (``reverse_kl`` needs ρ).
     """
 
-    name: str = ""
+    method_kind = "token mask"
     requires: frozenset[str] = frozenset()
     top_p: float | None = None
     top_k: int | None = None
@@ -91,17 +91,6 @@ class TokenMask:
 
     def __call__(self, batch: TokenBatch) -> MaskOutput:
         raise NotImplementedError
-
-    def state_dict(self) -> dict:
-        """State to checkpoint (empty for stateless masks)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state:
-            raise ValueError(f"token mask {self.name!r} is stateless, got state {state!r}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 def register_token_mask(name: str) -> Callable[[type[TokenMask]], type[TokenMask]]:

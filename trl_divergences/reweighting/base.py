@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ..registry import Registry
+from ..registry import Method, Registry
 
 ADVANTAGE_REWEIGHTINGS: Registry[AdvantageReweighting] = Registry("advantage reweighting")
 
@@ -70,7 +70,7 @@ class Reweighted:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-class AdvantageReweighting:
+class AdvantageReweighting(Method):
     """Base class; subclasses set ``requires`` (entries of :data:`ROLLOUT_FIELDS`) and implement :meth:`__call__`.
 
     ``needs_reference``: the method reads ρ's log-probs (an adapter must compute them even when the divergence
@@ -79,7 +79,7 @@ class AdvantageReweighting:
     outputs ``divergence_weight`` / ``keep`` may be set.
     """
 
-    name: str = ""
+    method_kind = "advantage reweighting"
     requires: frozenset[str] = frozenset()
     needs_reference: bool = False
     whole_groups_per_process: bool = False
@@ -90,17 +90,6 @@ class AdvantageReweighting:
 
     def __call__(self, rollouts: Rollouts) -> Reweighted:
         raise NotImplementedError
-
-    def state_dict(self) -> dict:
-        """State to checkpoint (empty: every built-in reweighting is a function of the batch)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state:
-            raise ValueError(f"advantage reweighting {self.name!r} is stateless, got state {state!r}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 def register_advantage_reweighting(name: str) -> Callable[[type[AdvantageReweighting]], type[AdvantageReweighting]]:
