@@ -102,6 +102,10 @@ class ForwardRequest:
     def result(self, name: str) -> Tensor:
         return torch.cat(self.results[name])
 
+    def get(self, name: str) -> Tensor | None:
+        """:meth:`result`, or None when ``name`` was not computed."""
+        return self.result(name) if name in self.results else None
+
     def compute(self, model: Any, hidden: Tensor, targets: Tensor, penultimate: Tensor | None) -> None:
         """Statistics of one forward's rows (``hidden`` [b, C, H] at the completion-predicting positions)."""
         rows = slice(self.offset, self.offset + hidden.size(0))

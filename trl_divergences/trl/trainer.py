@@ -108,7 +108,7 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             args, kwargs = self._map_train_dataset(args, kwargs, _with_prompt_index)
         coef = float(train_args.beta)
         # TRL loads (and wraps) a reference model iff beta != 0: make beta say whether one is needed, then restore it
-        train_args.beta = 1.0 if self._needs_reference(train_args, coef) else 0.0
+        train_args.beta = 1.0 if self._needs_reference(coef) else 0.0
         try:
             super().__init__(*args, **kwargs)
         finally:
@@ -130,9 +130,11 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         if vocabulary_stats:
             check_plain_lm_head(hf_model(self.model), "a method that recomputes vocabulary statistics")
         install_forward_request_hook(hf_model(self.model), lambda: self._forward_request)
+        # from the config: under ZeRO-3 the local lm_head weight is a partition
+        self._vocab_size = hf_model(self.model).config.get_text_config().vocab_size
 
     # ---- which tensors the configuration needs --------------------------------------------------------------------
-    def _needs_reference(self, args: DivergenceGRPOConfig, coef: float) -> bool:
+    def _needs_reference(self, coef: float) -> bool:
         """A frozen reference model: the divergence's (beta != 0), ACE's sampled ρ log-probs, EKSFT's exact KL."""
         return (
             (coef != 0.0 and self.divergence.needs_reference)
@@ -283,7 +285,6 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         if self.args.top_entropy_quantile < 1.0:
             keep = super().get_high_entropy_mask(entropies, mask, 1.0 - self.args.top_entropy_quantile)
         batch = self._token_batch(state["inputs"], entropies, mask)
-        state["batch"] = batch
         if self.token_masks:
             ours, state["aux_loss"], state["outputs"] = compose_token_masks(self.token_masks, batch)
             keep = keep & ours
@@ -296,7 +297,6 @@ class DivergenceGRPOTrainer(GRPOTrainer):
 
     def _token_batch(self, inputs: dict[str, Any], entropies: Tensor, mask: Tensor) -> TokenBatch:
         request = self._forward_request
-        results = {} if request is None else request.results
         correct = inputs.get("correct")
         return TokenBatch(
             mask=mask,
@@ -304,10 +304,10 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             entropies=entropies,
             advantages=inputs["advantages"],
             correct=None if correct is None else correct.bool(),
-            topp_entropy=torch.cat(results["topp_entropy"]) if "topp_entropy" in results else None,
-            reverse_kl=torch.cat(results["reverse_kl"]) if "reverse_kl" in results else None,
+            topp_entropy=None if request is None else request.get("topp_entropy"),
+            reverse_kl=None if request is None else request.get("reverse_kl"),
             proxy_logps=inputs.get("proxy_per_token_logps"),
-            vocab_size=hf_model(self.accelerator.unwrap_model(self.model)).get_output_embeddings().weight.shape[0],
+            vocab_size=self._vocab_size,
             gather=self.gather_values,
         )
 
