@@ -10,6 +10,8 @@ import torch
 import trl_divergences as td
 from trl_divergences.ops import chunked
 
+from ._helpers import compare, randn, random_targets
+
 CASES = [
     ("reverse_kl", {}),
     ("forward_kl", {}),
@@ -26,15 +28,6 @@ IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
 VOCAB = 37  # odd, and not a multiple of any chunk size used here
 
 
-def _randn(shape: tuple[int, ...], seed: int, scale: float = 2.0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-
-
-def _targets(lead: tuple[int, ...], vocab: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, vocab, lead, generator=torch.Generator().manual_seed(seed))
-
-
 def _run(fn, inputs: dict[str, torch.Tensor | None], grad_keys: tuple[str, ...], upstream: list[torch.Tensor], **kw):
     """Outputs of ``fn`` and the gradients of Σ upstream_i · output_i w.r.t. ``inputs[grad_keys]``."""
     leaves = {
@@ -46,21 +39,13 @@ def _run(fn, inputs: dict[str, torch.Tensor | None], grad_keys: tuple[str, ...],
     return [None if o is None else o.detach() for o in outs], list(grads)
 
 
-def _compare(got, want, **tol) -> None:
-    for g, w in zip(got, want):
-        assert (g is None) == (w is None)
-        if g is not None:
-            assert g.shape == w.shape and g.dtype == w.dtype
-            torch.testing.assert_close(g, w, **tol)
-
-
 # ---- from logits ---------------------------------------------------------------------------------------------
 
 
 def _logits_case(lead=(3, 5), vocab=VOCAB, dtype=torch.float64, seed=0, scale=2.0):
-    z, zr = _randn((*lead, vocab), seed, scale, dtype), _randn((*lead, vocab), seed + 1, scale, dtype)
-    ups = [_randn(lead, seed + 2 + i, 1.0) for i in range(3)]
-    return {"policy_logits": z, "ref_logits": zr, "targets": _targets(lead, vocab, seed + 5)}, ups
+    z, zr = randn((*lead, vocab), seed, scale, dtype), randn((*lead, vocab), seed + 1, scale, dtype)
+    ups = [randn(lead, seed + 2 + i, 1.0) for i in range(3)]
+    return {"policy_logits": z, "ref_logits": zr, "targets": random_targets(lead, vocab, seed + 5)}, ups
 
 
 def _logits_both(inputs, ups, chunk_rows, **kw):
@@ -76,8 +61,8 @@ def test_logits_float64(name: str, kw: dict, chunk_rows: int | None) -> None:
     inputs, ups = _logits_case()
     (outs, grads), (ref_outs, ref_grads) = _logits_both(inputs, ups, chunk_rows, divergence=name, **kw)
     assert all(o.shape == (3, 5) and o.dtype == torch.float64 for o in outs)
-    _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
-    _compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+    compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+    compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
 
 
 def test_default_chunking_runs_several_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,8 +72,8 @@ def test_default_chunking_runs_several_chunks(monkeypatch: pytest.MonkeyPatch) -
     inputs, ups = _logits_case()
     for name, kw in CASES:
         (outs, grads), (ref_outs, ref_grads) = _logits_both(inputs, ups, None, divergence=name, **kw)
-        _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
-        _compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+        compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+        compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("temperature", [0.6, 1.9])
@@ -96,8 +81,8 @@ def test_default_chunking_runs_several_chunks(monkeypatch: pytest.MonkeyPatch) -
 def test_logits_temperature(name: str, kw: dict, temperature: float) -> None:
     inputs, ups = _logits_case(seed=10)
     (outs, grads), (ref_outs, ref_grads) = _logits_both(inputs, ups, 4, divergence=name, temperature=temperature, **kw)
-    _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
-    _compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+    compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+    compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
     # temperature really is applied (to both sides)
     plain = td.ops.logprob_entropy_divergence(**inputs, divergence=name, impl="chunked", **kw)
     assert not torch.allclose(outs[1], plain[1])
@@ -108,8 +93,8 @@ def test_logits_odd_vocab(vocab: int) -> None:
     inputs, ups = _logits_case(lead=(7,), vocab=vocab, seed=20)
     for name, kw in CASES:
         (outs, grads), (ref_outs, ref_grads) = _logits_both(inputs, ups, 3, divergence=name, **kw)
-        _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
-        _compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+        compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+        compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
         if vocab == 1:
             assert (outs[0] == 0).all() and (outs[1] == 0).all() and outs[2].abs().max() < 1e-12
 
@@ -128,8 +113,8 @@ def test_logits_masked(name: str, kw: dict) -> None:
     (outs, grads), (ref_outs, ref_grads) = _logits_both(inputs, ups, 4, divergence=name, **kw)
     assert all(torch.isfinite(o).all() for o in outs) and torch.isfinite(grads[0]).all()
     assert (grads[0][torch.isinf(z)] == 0).all()
-    _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
-    _compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+    compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+    compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
@@ -139,8 +124,8 @@ def test_logits_low_precision(name: str, kw: dict, dtype: torch.dtype, tol: floa
     inputs, ups = _logits_case(dtype=dtype, seed=40, scale=1.0)
     (outs, grads), (ref_outs, ref_grads) = _logits_both(inputs, ups, 4, divergence=name, **kw)
     assert all(o.dtype == torch.float32 for o in outs) and grads[0].dtype == dtype
-    _compare(outs, ref_outs, rtol=1e-5, atol=1e-5)  # same fp32 math on the same rounded inputs
-    _compare(grads, ref_grads, rtol=tol, atol=tol)
+    compare(outs, ref_outs, rtol=1e-5, atol=1e-5)  # same fp32 math on the same rounded inputs
+    compare(grads, ref_grads, rtol=tol, atol=tol)
 
 
 def test_logits_none_inputs() -> None:
@@ -150,8 +135,8 @@ def test_logits_none_inputs() -> None:
         (outs, grads), (ref_outs, ref_grads) = _logits_both(case, ups, 2, divergence="js")
         assert (outs[0] is None) == ("targets" in drop) and (outs[2] is None) == ("ref_logits" in drop)
         assert outs[1] is not None
-        _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
-        _compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+        compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+        compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
 
 
 def test_logits_no_gradient_to_reference() -> None:
@@ -170,15 +155,15 @@ def test_logits_no_gradient_to_reference() -> None:
 
 def _fused_case(lead=(2, 5), vocab=VOCAB, hidden=16, ref_hidden=12, dtype=torch.float64, seed=100, bias=True):
     inputs = {
-        "hidden": _randn((*lead, hidden), seed, 1.0, dtype),
-        "weight": _randn((vocab, hidden), seed + 1, 0.5, dtype),
-        "ref_hidden": _randn((*lead, ref_hidden), seed + 2, 1.0, dtype),
-        "ref_weight": _randn((vocab, ref_hidden), seed + 3, 0.5, dtype),
-        "targets": _targets(lead, vocab, seed + 4),
-        "bias": _randn((vocab,), seed + 5, 0.5, dtype) if bias else None,
-        "ref_bias": _randn((vocab,), seed + 6, 0.5, dtype) if bias else None,
+        "hidden": randn((*lead, hidden), seed, 1.0, dtype),
+        "weight": randn((vocab, hidden), seed + 1, 0.5, dtype),
+        "ref_hidden": randn((*lead, ref_hidden), seed + 2, 1.0, dtype),
+        "ref_weight": randn((vocab, ref_hidden), seed + 3, 0.5, dtype),
+        "targets": random_targets(lead, vocab, seed + 4),
+        "bias": randn((vocab,), seed + 5, 0.5, dtype) if bias else None,
+        "ref_bias": randn((vocab,), seed + 6, 0.5, dtype) if bias else None,
     }
-    ups = [_randn(lead, seed + 7 + i, 1.0) for i in range(3)]
+    ups = [randn(lead, seed + 7 + i, 1.0) for i in range(3)]
     return inputs, ups
 
 
@@ -198,16 +183,16 @@ def test_fused_linear_float64(name: str, kw: dict, chunk_rows: int | None, bias:
     (outs, grads), (ref_outs, ref_grads) = _fused_both(inputs, ups, chunk_rows, divergence=name, **kw)
     assert all(o.shape == (2, 5) for o in outs)
     assert len(grads) == (3 if bias else 2)
-    _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
-    _compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+    compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+    compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
 
 
 def test_fused_linear_temperature_and_odd_vocab() -> None:
     inputs, ups = _fused_case(lead=(7,), vocab=129, seed=110)
     for name, kw in CASES:
         (outs, grads), (ref_outs, ref_grads) = _fused_both(inputs, ups, 2, divergence=name, temperature=0.7, **kw)
-        _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
-        _compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+        compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+        compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
 
 
 def test_fused_linear_matches_logits_op() -> None:
@@ -221,7 +206,7 @@ def test_fused_linear_matches_logits_op() -> None:
     plain = td.ops.logprob_entropy_divergence(
         logits, ref_logits, inputs["targets"], divergence="alpha", alpha=0.3, impl="chunked"
     )
-    _compare(fused, plain, rtol=1e-12, atol=1e-12)
+    compare(fused, plain, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)], ids=["fp32", "bf16"])
@@ -231,7 +216,7 @@ def test_fused_linear_low_precision(name: str, kw: dict, dtype: torch.dtype, tol
     (outs, grads), (ref_outs, ref_grads) = _fused_both(inputs, ups, 3, divergence=name, **kw)
     assert all(o.dtype == torch.float32 for o in outs)
     assert [g.dtype for g in grads] == [dtype] * 3
-    _compare(outs, ref_outs, rtol=tol, atol=tol)
+    compare(outs, ref_outs, rtol=tol, atol=tol)
     for g, w in zip(grads, ref_grads):  # bf16 GEMMs round differently in the two paths: compare in norm
         assert (g.double() - w.double()).norm() <= tol * w.double().norm() + tol
 
@@ -246,8 +231,8 @@ def test_fused_linear_none_inputs_and_reference_gets_no_gradient() -> None:
     ):
         (outs, grads), (ref_outs, ref_grads) = _fused_both(case, ups, 3, divergence="tv")
         assert (outs[0] is not None) == has_logp and (outs[2] is not None) == has_div
-        _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
-        _compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+        compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+        compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
     for impl in ("chunked", "naive"):
         leaves = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
         _, _, dv = td.ops.fused_linear_logprob_entropy_divergence(**leaves, divergence="chi2", impl=impl)
@@ -269,7 +254,7 @@ def test_fused_linear_divergence_loss_matches_naive() -> None:
             )  # fmt: skip
             grads = torch.autograd.grad(3.0 * loss, [leaves[k] for k in ("hidden", "weight", "bias")])
             results.append([loss.detach(), *grads])
-        _compare(results[0], results[1], rtol=1e-10, atol=1e-12)
+        compare(results[0], results[1], rtol=1e-10, atol=1e-12)
 
 
 # ---- errors --------------------------------------------------------------------------------------------------

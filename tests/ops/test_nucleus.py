@@ -13,25 +13,10 @@ import trl_divergences as td
 from trl_divergences.ops import chunked, naive
 from trl_divergences.ops.nucleus import NucleusFusedLinear
 
+from ._helpers import compare, randn, random_targets
+
 F64 = torch.float64
 MASKED = -1e4
-
-
-def _randn(shape: tuple[int, ...], seed: int, scale: float = 2.0, dtype: torch.dtype = F64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=g, dtype=F64) * scale).to(dtype)
-
-
-def _targets(lead: tuple[int, ...], vocab: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, vocab, lead, generator=torch.Generator().manual_seed(seed))
-
-
-def _compare(got, want, **tol) -> None:
-    for g, w in zip(got, want):
-        assert (g is None) == (w is None)
-        if g is not None:
-            assert g.shape == w.shape and g.dtype == w.dtype
-            torch.testing.assert_close(g, w, **tol)
 
 
 def _oracle(logits, targets, top_p=None, top_k=10000, min_p=None, temperature=1.0):
@@ -136,13 +121,13 @@ def test_threshold_reached_exactly_excludes_the_crossing_token(dtype: torch.dtyp
 )
 def test_logits_float64(vocab: int, chunk_rows: int, temperature: float, top_p: float, top_k: int) -> None:
     lead = (3, 5)
-    z = _randn((*lead, vocab), seed=vocab + chunk_rows, scale=3.0 if vocab > 100 else 2.0)
-    targets, ups = _targets(lead, vocab, seed=1), _randn(lead, seed=2, scale=1.0)
+    z = randn((*lead, vocab), seed=vocab + chunk_rows, scale=3.0 if vocab > 100 else 2.0)
+    targets, ups = random_targets(lead, vocab, seed=1), randn(lead, seed=2, scale=1.0)
     targets[0] = z[0].argmax(-1)  # kept by any min-p filter
     kw = {"top_p": top_p, "top_k": top_k, "min_p": 0.1, "temperature": temperature}
     (outs, grad), (ref_outs, ref_grad) = _logits_both(z, targets, ups, chunk_rows, **kw)
     assert all(o.shape == lead and o.dtype == F64 for o in outs)
-    _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+    compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
     sizes = (grad != 0).sum(-1)  # nucleus sizes: the case is not degenerate
     assert sizes.max() > 1 and sizes.max() <= top_k
@@ -152,14 +137,14 @@ def test_logits_float64(vocab: int, chunk_rows: int, temperature: float, top_p: 
 def test_default_chunking_runs_several_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 4 * 37)
     assert chunked.default_chunk_rows(15, 37) == 4
-    z, targets, ups = _randn((15, 37), seed=3), _targets((15,), 37, seed=4), _randn((15,), seed=5, scale=1.0)
+    z, targets, ups = randn((15, 37), seed=3), random_targets((15,), 37, seed=4), randn((15,), seed=5, scale=1.0)
     (outs, grad), (ref_outs, ref_grad) = _logits_both(z, targets, ups, None, top_p=0.9, min_p=0.2)
-    _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+    compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
 def test_temperature_is_applied() -> None:
-    z = _randn((6, 37), seed=6)
+    z = randn((6, 37), seed=6)
     plain = td.ops.nucleus_stats(z, top_p=0.9).topp_entropy
     hot = td.ops.nucleus_stats(z, top_p=0.9, temperature=1.7).topp_entropy
     assert (hot - plain).abs().min() > 1e-3
@@ -167,7 +152,7 @@ def test_temperature_is_applied() -> None:
 
 def test_top_k_smaller_than_nucleus() -> None:
     """top_p = 0.99 is never reached within the top 3: H^p is the entropy of the softmax of the 3 largest logits."""
-    z = _randn((5, 37), seed=7, scale=1.0)
+    z = randn((5, 37), seed=7, scale=1.0)
     ent = td.ops.nucleus_stats(z, top_p=0.99, top_k=3, chunk_rows=2).topp_entropy
     lq = torch.log_softmax(z.topk(3, dim=-1).values, dim=-1)
     torch.testing.assert_close(ent, -(lq.exp() * lq).sum(-1), rtol=1e-12, atol=1e-12)
@@ -176,20 +161,20 @@ def test_top_k_smaller_than_nucleus() -> None:
 def test_masked_logits() -> None:
     """−inf logits: padded vocabulary columns, a row with two finite entries whose mass never reaches top_p within
     top_k, a one-hot row, and a target at a masked entry."""
-    z = _randn((6, 37), seed=8)
+    z = randn((6, 37), seed=8)
     z[:, -5:] = float("-inf")
     z[0, 3:] = float("-inf")  # three finite entries: top_k = 8 reaches into the masked ones
     z[1, 1:] = float("-inf")  # one-hot
-    targets = _targets((6,), 32, seed=9)
+    targets = random_targets((6,), 32, seed=9)
     targets[2] = 35  # a masked target: every finite entry is above it, and min-p filters it
-    ups = _randn((6,), seed=10, scale=1.0)
+    ups = randn((6,), seed=10, scale=1.0)
     kw = {"top_p": 0.999, "top_k": 8, "min_p": 0.05, "temperature": 0.9}
     (outs, grad), (ref_outs, ref_grad) = _logits_both(z, targets, ups, 4, **kw)
     assert all(torch.isfinite(o).all() for o in outs) and torch.isfinite(grad).all()
     assert (grad[torch.isinf(z)] == 0).all()
     assert outs[0][1] == 0 and outs[0][0] > 0
     assert outs[1][2] == pytest.approx(1.0) and outs[2][2] == MASKED
-    _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+    compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
@@ -199,16 +184,16 @@ def test_half_precision_logits(dtype: torch.dtype) -> None:
     distinct multiples of 1/8 (exact in bf16 and fp16), so no tie can order the two paths' nuclei differently."""
     g = torch.Generator().manual_seed(11)
     z = torch.stack([torch.randperm(37, generator=g) - 18 for _ in range(10)]).to(dtype) / 8
-    targets, ups = _targets((10,), 37, seed=12), _randn((10,), seed=13, scale=1.0)
+    targets, ups = random_targets((10,), 37, seed=12), randn((10,), seed=13, scale=1.0)
     (outs, grad), (ref_outs, ref_grad) = _logits_both(z, targets, ups, 3, top_p=0.7, min_p=0.3, temperature=0.8)
     assert all(o.dtype == torch.float32 for o in outs) and grad.dtype == dtype
-    _compare(outs, ref_outs, rtol=1e-5, atol=1e-5)  # the same fp32 math on the same rounded inputs
+    compare(outs, ref_outs, rtol=1e-5, atol=1e-5)  # the same fp32 math on the same rounded inputs
     torch.testing.assert_close(grad, ref_grad, rtol=1e-2, atol=1e-3)
 
 
 def test_requested_outputs_and_detached() -> None:
-    z = _randn((2, 3, 37), seed=14).requires_grad_(True)
-    targets = _targets((2, 3), 37, seed=15)
+    z = randn((2, 3, 37), seed=14).requires_grad_(True)
+    targets = random_targets((2, 3), 37, seed=15)
     op = td.ops.nucleus_stats
     assert tuple(op(z)) == (None, None, None)
     assert tuple(op(z, min_p=0.2)) == (None, None, None)  # the proxy needs targets
@@ -219,7 +204,7 @@ def test_requested_outputs_and_detached() -> None:
     ent, mass, proxy = op(z, targets, min_p=0.2)
     assert ent is None and not mass.requires_grad and not proxy.requires_grad
     ref = _oracle(z.detach(), targets, min_p=0.2)
-    _compare((ent, mass, proxy), ref, rtol=1e-12, atol=1e-12)
+    compare((ent, mass, proxy), ref, rtol=1e-12, atol=1e-12)
 
 
 # ---- fused linear ----------------------------------------------------------------------------------------------
@@ -227,9 +212,9 @@ def test_requested_outputs_and_detached() -> None:
 
 def _fused_case(lead=(3, 4), vocab=37, hidden=16, dtype=F64, seed=100, bias=True):
     return {
-        "hidden": _randn((*lead, hidden), seed, 1.0, dtype),
-        "weight": _randn((vocab, hidden), seed + 1, 0.7, dtype),
-        "bias": _randn((vocab,), seed + 2, 0.5, dtype) if bias else None,
+        "hidden": randn((*lead, hidden), seed, 1.0, dtype),
+        "weight": randn((vocab, hidden), seed + 1, 0.7, dtype),
+        "bias": randn((vocab,), seed + 2, 0.5, dtype) if bias else None,
     }
 
 
@@ -254,22 +239,22 @@ def _fused_both(inputs, targets, upstream, chunk_rows, **kw):
 @pytest.mark.parametrize(("chunk_rows", "temperature", "vocab"), [(1, 1.0, 37), (5, 0.8, 37), (None, 1.4, 1001)])
 def test_fused_linear_float64(chunk_rows: int | None, temperature: float, vocab: int, bias: bool) -> None:
     inputs = _fused_case(vocab=vocab, bias=bias, seed=100 + vocab)
-    targets, ups = _targets((3, 4), vocab, seed=101), _randn((3, 4), seed=102, scale=1.0)
+    targets, ups = random_targets((3, 4), vocab, seed=101), randn((3, 4), seed=102, scale=1.0)
     kw = {"top_p": 0.8, "top_k": 500, "min_p": 0.1, "temperature": temperature}
     (outs, grads), (ref_outs, ref_grads) = _fused_both(inputs, targets, ups, chunk_rows, **kw)
     assert all(o.shape == (3, 4) and o.dtype == F64 for o in outs)
     assert len(grads) == (3 if bias else 2) and all(g.abs().max() > 0 for g in grads)
-    _compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
-    _compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+    compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+    compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
 
 
 def test_fused_linear_float32() -> None:
     inputs = _fused_case(dtype=torch.float32, seed=110)
-    targets, ups = _targets((3, 4), 37, seed=111), _randn((3, 4), seed=112, scale=1.0)
+    targets, ups = random_targets((3, 4), 37, seed=111), randn((3, 4), seed=112, scale=1.0)
     (outs, grads), (ref_outs, ref_grads) = _fused_both(inputs, targets, ups, 5, top_p=0.9, min_p=0.2)
     assert all(o.dtype == torch.float32 for o in outs) and all(g.dtype == torch.float32 for g in grads)
-    _compare(outs, ref_outs, rtol=1e-5, atol=1e-5)
-    _compare(grads, ref_grads, rtol=1e-4, atol=1e-5)
+    compare(outs, ref_outs, rtol=1e-5, atol=1e-5)
+    compare(grads, ref_grads, rtol=1e-4, atol=1e-5)
 
 
 def test_fused_linear_bf16() -> None:
@@ -279,10 +264,10 @@ def test_fused_linear_bf16() -> None:
     weight = (torch.stack([torch.randperm(37, generator=g) - 18 for _ in range(8)], dim=1) / 8).to(torch.bfloat16)
     hidden = torch.nn.functional.one_hot(torch.arange(10) % 8, 8).to(torch.bfloat16)
     inputs = {"hidden": hidden, "weight": weight, "bias": torch.zeros(37, dtype=torch.bfloat16)}
-    targets, ups = _targets((10,), 37, seed=121), _randn((10,), seed=122, scale=1.0)
+    targets, ups = random_targets((10,), 37, seed=121), randn((10,), seed=122, scale=1.0)
     (outs, grads), (ref_outs, ref_grads) = _fused_both(inputs, targets, ups, 3, top_p=0.8, min_p=0.3)
     assert all(o.dtype == torch.float32 for o in outs) and all(g.dtype == torch.bfloat16 for g in grads)
-    _compare(outs, ref_outs, rtol=1e-5, atol=1e-5)
+    compare(outs, ref_outs, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, ref_grads):  # bf16 GEMMs round differently in the two paths: compare in norm
         assert (got.double() - want.double()).norm() <= 2e-2 * want.double().norm() + 1e-3
 
@@ -298,11 +283,11 @@ def test_fused_linear_keeps_no_logits_for_backward() -> None:
 
 def test_fused_linear_matches_logits_op() -> None:
     inputs = _fused_case(seed=140)
-    targets = _targets((3, 4), 37, seed=141)
+    targets = random_targets((3, 4), 37, seed=141)
     kw = {"top_p": 0.75, "min_p": 0.15, "temperature": 1.2}
     fused = td.ops.fused_linear_nucleus_stats(**inputs, targets=targets, chunk_rows=5, **kw)
     logits = torch.nn.functional.linear(inputs["hidden"], inputs["weight"], inputs["bias"])
-    _compare(fused, td.ops.nucleus_stats(logits, targets, **kw), rtol=1e-12, atol=1e-12)
+    compare(fused, td.ops.nucleus_stats(logits, targets, **kw), rtol=1e-12, atol=1e-12)
 
 
 # ---- gradcheck ---------------------------------------------------------------------------------------------------
@@ -311,7 +296,7 @@ def test_fused_linear_matches_logits_op() -> None:
 def test_gradcheck() -> None:
     """Finite differences against the hand-derived backward (top_p kept away from every cumulative sum, so the
     nucleus does not change under the perturbation)."""
-    z = _randn((4, 11), seed=150).requires_grad_(True)
+    z = randn((4, 11), seed=150).requires_grad_(True)
     top_p, top_k = 0.8, 6
     assert _margin(z / 0.9, top_p, top_k) > 1e-3
     assert torch.autograd.gradcheck(
