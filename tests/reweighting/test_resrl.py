@@ -12,6 +12,8 @@ import torch
 
 from trl_divergences.reweighting import Rollouts, get_advantage_reweighting
 
+from ._batch import make_rollouts
+
 NAN = float("nan")
 XI = 0.1
 
@@ -29,17 +31,7 @@ def rollouts(
     n, t = hidden.shape[:2]
     mask = (torch.arange(t)[None, :] < torch.tensor(valid_lengths)[:, None]).long()
     assert mask.shape == (n, t) and len(range(*local.indices(len(rewards)))) == n
-    r = torch.tensor(rewards, dtype=torch.float64)
-    return Rollouts(
-        rewards=r,
-        advantages=torch.tensor(advantages, dtype=torch.float64),
-        group_ids=torch.tensor(groups),
-        correct=r >= 1.0,
-        lengths=mask.sum(-1),
-        local=local,
-        hidden=hidden,
-        completion_mask=mask,
-    )
+    return make_rollouts(rewards, advantages, groups, mask.sum(-1).tolist(), local, hidden=hidden, completion_mask=mask)
 
 
 def layer_norm(x: np.ndarray) -> np.ndarray:

@@ -136,15 +136,16 @@ class DivergenceGRPOConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._validate_rehearsal()
         for name in (
             "divergence_kwargs",
             "token_mask_kwargs",
             "reweighting_kwargs",
             "curriculum_kwargs",
             "schedule_kwargs",
+            "rehearsal_kwargs",
         ):
             setattr(self, name, _kwargs_dict(name, getattr(self, name)))
+        self._validate_rehearsal()
         div = get_divergence(self.divergence, **self.divergence_kwargs)
         self._check_estimator(div)
         masks = self.build_token_masks()
@@ -206,10 +207,6 @@ class DivergenceGRPOConfig(GRPOConfig):
     def _validate_rehearsal(self) -> None:
         from ..rehearsal.store import load_meta
 
-        if self.rehearsal_kwargs is None:
-            self.rehearsal_kwargs = {}
-        if not isinstance(self.rehearsal_kwargs, dict):
-            raise ValueError(f"rehearsal_kwargs must be a dict, got {type(self.rehearsal_kwargs).__name__}")
         build_rehearsal_loss(self.rehearsal_divergence, **self.rehearsal_kwargs)
         if not (isinstance(self.rehearsal_coef, (int, float)) and self.rehearsal_coef >= 0):
             raise ValueError(f"rehearsal_coef must be a non-negative number, got {self.rehearsal_coef!r}")

@@ -36,7 +36,8 @@ def needs_rollout_statistics(trainer: DivergenceGRPOTrainer) -> bool:
     )
 
 
-def _siren(trainer: DivergenceGRPOTrainer):
+def nucleus_mask(trainer: DivergenceGRPOTrainer):
+    """The configured mask that needs the top-p entropy (SIREN), or None."""
     return next((m for m in trainer.token_masks if m.top_p is not None), None)
 
 
@@ -82,7 +83,7 @@ def apply_rollout_methods(trainer: DivergenceGRPOTrainer, output: dict[str, Any]
     mask = output["completion_mask"] * output.get("tool_mask", 1)
     output["correct"] = correct[local].float()
 
-    siren, min_p = _siren(trainer), _min_p(trainer)
+    siren, min_p = nucleus_mask(trainer), _min_p(trainer)
     anchor_needed = siren is not None and siren.anchor is None
     penultimate = trainer.reweighting is not None and "hidden" in trainer.reweighting.requires
     ace = trainer.reweighting is not None and "seq_log_ratio" in trainer.reweighting.requires

@@ -50,7 +50,7 @@ from .forward import (
     lm_head_weight,
 )
 from .rehearsal import Rehearsal, exploration_only
-from .rollout import INDEX_COLUMN, apply_rollout_methods, greedy_filter, needs_rollout_statistics
+from .rollout import INDEX_COLUMN, apply_rollout_methods, greedy_filter, needs_rollout_statistics, nucleus_mask
 
 STATE_FILE = "trl_divergences_state.json"
 
@@ -157,7 +157,7 @@ class DivergenceGRPOTrainer(GRPOTrainer):
     def _needs_reference_hidden(self) -> bool:
         """ρ's final hidden states in the batch: the exact (`full`) penalty, EKSFT's exact KL(π‖ρ)."""
         full = self.divergence_coef != 0.0 and self.args.divergence_estimator == FULL
-        return full or any("reverse_kl" in m.requires for m in self.token_masks)
+        return full or any(m.needs_reference for m in self.token_masks)
 
     def _scheduled_divergence(self, name: str):
         """The divergence a schedule switches to (built once, with the configured divergence_kwargs)."""
@@ -316,9 +316,9 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         exact = {}
         if self._active and self.args.divergence_estimator == FULL:
             exact["divergence"] = self._divergence_now
-        if any("reverse_kl" in m.requires for m in self.token_masks):
+        if any(m.needs_reference for m in self.token_masks):
             exact["reverse_kl"] = get_divergence("reverse_kl")
-        siren = next((m for m in self.token_masks if m.top_p is not None), None)
+        siren = nucleus_mask(self)
         if not exact and siren is None:
             return None
         ref_weight = ref_bias = None
