@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import ops
+from . import ops  # noqa: E402  (after the divergences: ops resolves their names)
 from .curricula import get_curriculum, get_schedule, list_curricula, list_schedules
 from .divergences import Divergence, get_divergence, list_divergences, register_divergence
 from .masks import get_token_mask, list_token_masks, register_token_mask

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .numerics import compute_dtype
+
 #: concatenates a 1-D tensor over processes (identity on one process); used by the "global" scopes
 Gather = Callable[[Tensor], Tensor]
 
@@ -24,7 +26,7 @@ def _inverse(group_ids: Tensor) -> tuple[Tensor, int]:
 def group_sum(values: Tensor, group_ids: Tensor) -> Tensor:
     """Σ of ``values`` [N] over each row's group, per row [N] (NaN entries count as 0)."""
     inverse, n = _inverse(group_ids)
-    v = torch.nan_to_num(values.to(torch.float64 if values.dtype == torch.float64 else torch.float32), nan=0.0)
+    v = torch.nan_to_num(values.to(compute_dtype(values.dtype)), nan=0.0)
     sums = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, inverse, v)
     return sums[inverse]
 

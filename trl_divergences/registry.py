@@ -16,6 +16,8 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        #: the methods' base class: :meth:`resolve` passes its instances through (set by the package defining it)
+        self.base: type | None = None
         self._entries: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -60,6 +62,14 @@ class Registry(Generic[T]):
         params = inspect.signature(self.factory(name)).parameters
         return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and v.default is v.empty]
 
+    def resolve(self, name_or_instance: str | T, **kwargs: Any) -> T:
+        """:meth:`build` for a name; an instance of :attr:`base` is passed through (then ``kwargs`` must be empty)."""
+        if self.base is None or not isinstance(name_or_instance, self.base):
+            return self.build(name_or_instance, **kwargs)
+        if kwargs:
+            raise ValueError(f"kwargs given together with an already built {self.kind} instance: {sorted(kwargs)}")
+        return name_or_instance
+
     def build(self, name: str, **kwargs: Any) -> T:
         """Instantiate ``name`` with ``kwargs``; an unknown or missing kwarg raises ``ValueError`` naming the accepted
         (or required) ones."""
@@ -73,6 +83,11 @@ class Registry(Generic[T]):
             doc = " ".join((inspect.getdoc(factory) or "").split("\n\n")[0].split())
             raise ValueError(f"{self.kind} {name!r} requires argument(s) {missing} (no default); {doc}")
         return factory(**kwargs)
+
+
+#: the divergence registry: filled by :mod:`trl_divergences.divergences`, read there and by :mod:`trl_divergences.ops`
+#: (which resolves divergence names without importing the divergences layer, which imports it)
+DIVERGENCES: Registry[Any] = Registry("divergence")
 
 
 class Method:

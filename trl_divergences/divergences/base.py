@@ -39,22 +39,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..registry import Registry
-
-DEFAULT_LOG_FLOOR = -50.0
-#: log-probabilities at or below this are masked entries (zero mass); see the module docstring
-MASKED_LOG_PROB = -1e4
-#: overflow guard of the sampled estimators' log-ratio (e^80 is finite in fp32)
-_MAX_LOG_RATIO = 80.0
-
-DIVERGENCES: Registry[Divergence] = Registry("divergence")
+from ..numerics import DEFAULT_LOG_FLOOR, EXP_CAP, MASKED_LOG_PROB, compute_dtype, floor_masked
+from ..registry import DIVERGENCES
 
 _BASE_ESTIMATORS = ("k1", "k3", "k3+")
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: fp32 for half precision inputs, the input dtype otherwise (float64 stays float64)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class Divergence:
@@ -105,7 +93,7 @@ class Divergence:
 
     def floored(self, lp: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
         """Masked entries (log-prob ≤ ``MASKED_LOG_PROB``, e.g. −inf) -> ``log_floor``; other values kept exact."""
-        return _floor(lp, self.log_floor), _floor(lr, self.log_floor)
+        return floor_masked(lp, self.log_floor), floor_masked(lr, self.log_floor)
 
     def rows(self, lp: Tensor, lr: Tensor) -> Tensor:
         """Σ_v term over the last dimension, from normalized log-probs [..., V] -> [...]."""
@@ -161,7 +149,7 @@ class Divergence:
     def _sampled(self, lp: Tensor, lr: Tensor, estimator: str) -> Tensor:
         zero = torch.zeros_like(lp)
         lpf, lrf = self.floored(lp, lr)
-        log_r = (lrf - lpf).clamp(min=-_MAX_LOG_RATIO, max=_MAX_LOG_RATIO)
+        log_r = (lrf - lpf).clamp(min=-EXP_CAP, max=EXP_CAP)
         k1 = self.term(zero, log_r)
         if estimator == "k1":
             return k1
@@ -189,21 +177,12 @@ class Divergence:
         return self.term(log_u, torch.zeros_like(log_u)) - self.f_prime_at_1 * torch.expm1(log_u)
 
 
-def _floor(x: Tensor, log_floor: float) -> Tensor:
-    """``x`` with masked entries (≤ ``MASKED_LOG_PROB``) set to ``log_floor``; ``x`` itself when there are none (a
-    min reduction instead of a full-size copy on the common path)."""
-    if x.numel() == 0 or x.min() > MASKED_LOG_PROB:
-        return x
-    return x.masked_fill(x <= MASKED_LOG_PROB, log_floor)
+DIVERGENCES.base = Divergence
 
 
 def get_divergence(name: str | Divergence, **kwargs) -> Divergence:
     """Build a registered divergence by name; ``ValueError`` names the valid names / kwargs."""
-    if isinstance(name, Divergence):
-        if kwargs:
-            raise ValueError("kwargs given together with an already built divergence instance")
-        return name
-    return DIVERGENCES.build(name, **kwargs)
+    return DIVERGENCES.resolve(name, **kwargs)
 
 
 def list_divergences() -> list[str]:

@@ -11,9 +11,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import DEFAULT_LOG_FLOOR, Divergence, register_divergence
-
-_EXP_CAP = 80.0  # exp(80) ≈ 5.5e34 < fp32 max: the cap that keeps χ² / α-terms finite
+from ..numerics import DEFAULT_LOG_FLOOR, EXP_CAP
+from .base import Divergence, register_divergence
 
 
 @register_divergence("reverse_kl")
@@ -128,11 +127,11 @@ class ChiSquared(Divergence):
     def term(self, lp: Tensor, lr: Tensor) -> Tensor:
         d = lp - lr
         near = lr.exp() * torch.expm1(d.clamp(max=30.0)) ** 2
-        far = (2.0 * lp - lr).clamp(max=_EXP_CAP).exp() - 2.0 * lp.exp() + lr.exp()
+        far = (2.0 * lp - lr).clamp(max=EXP_CAP).exp() - 2.0 * lp.exp() + lr.exp()
         return torch.where(d < 30.0, near, far)
 
     def dterm(self, lp: Tensor, lr: Tensor) -> Tensor:
-        return 2.0 * ((2.0 * lp - lr).clamp(max=_EXP_CAP).exp() - lp.exp())
+        return 2.0 * ((2.0 * lp - lr).clamp(max=EXP_CAP).exp() - lp.exp())
 
 
 @register_divergence("hellinger")
@@ -185,11 +184,11 @@ class AlphaDivergence(Divergence):
         # (it only exceeds 0 for α outside (0, 1)) like dterm's, so the term saturates at a huge value, not at ρ e^80.
         ad = a * (lp - lr)
         near = -lr.exp() * torch.expm1(ad.clamp(max=30.0))
-        far = lr.exp() - (a * lp + (1.0 - a) * lr).clamp(max=_EXP_CAP).exp()
+        far = lr.exp() - (a * lp + (1.0 - a) * lr).clamp(max=EXP_CAP).exp()
         return torch.where(ad < 30.0, near, far) / (a * (1.0 - a))
 
     def dterm(self, lp: Tensor, lr: Tensor) -> Tensor:
         if self._limit is not None:
             return self._limit.dterm(lp, lr)
         a = self.alpha
-        return -(a * lp + (1.0 - a) * lr).clamp(max=_EXP_CAP).exp() / (1.0 - a)
+        return -(a * lp + (1.0 - a) * lr).clamp(max=EXP_CAP).exp() / (1.0 - a)

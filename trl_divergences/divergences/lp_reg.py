@@ -22,7 +22,8 @@ from torch import Tensor
 
 from ..checks import check_choice, check_fraction, check_positive
 from ..groups import Gather
-from .base import DEFAULT_LOG_FLOOR, MASKED_LOG_PROB, compute_dtype, register_divergence
+from ..numerics import DEFAULT_LOG_FLOOR, EXP_CAP, MASKED_LOG_PROB, compute_dtype
+from .base import register_divergence
 from .fdivergences import ForwardKL
 
 LP_REG_SCOPES = ("micro_batch", "global")
@@ -96,7 +97,7 @@ class LpReg(ForwardKL):
 
     def _sampled(self, lp: Tensor, lr: Tensor, estimator: str) -> Tensor:
         log_r = lr.clamp(min=MASKED_LOG_PROB) - lp
-        return (torch.expm1(log_r.clamp(max=80.0)) - log_r).clamp(-self.clamp, self.clamp)
+        return (torch.expm1(log_r.clamp(max=EXP_CAP)) - log_r).clamp(-self.clamp, self.clamp)
 
     def select(
         self, logps: Tensor, proxy_logps: Tensor, advantages: Tensor, mask: Tensor, gather: Gather | None = None

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..divergences.base import compute_dtype
 from ..groups import Gather
+from ..numerics import compute_dtype
 from ..registry import Method, Registry
 
 TOKEN_MASKS: Registry[TokenMask] = Registry("token mask")

@@ -19,13 +19,16 @@ divergence has a Triton term, the chunked torch path elsewhere), ``"chunked"``, 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from ..divergences import Divergence, get_divergence
+from ..registry import DIVERGENCES
 from . import chunked, naive
 from .nucleus import NucleusStats, fused_linear_nucleus_stats, nucleus_stats
+
+if TYPE_CHECKING:
+    from ..divergences import Divergence
 
 IMPLS = ("auto", "chunked", "naive", "triton")
 
@@ -41,7 +44,7 @@ __all__ = [
 
 
 def _resolve(divergence: str | Divergence, kwargs: dict[str, Any]) -> Divergence:
-    return get_divergence(divergence, **kwargs)
+    return DIVERGENCES.resolve(divergence, **kwargs)
 
 
 def _pick_impl(impl: str, device_type: str, div: Divergence) -> str:

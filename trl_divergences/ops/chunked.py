@@ -22,12 +22,15 @@ across chunks in fp32. No gradient flows to the reference side.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
-from ..divergences.base import Divergence, compute_dtype
+from ..numerics import compute_dtype
+
+if TYPE_CHECKING:
+    from ..divergences import Divergence
 
 #: default number of [rows × V] elements per chunk: 16 MiB per fp32 temporary, below glibc's largest mmap threshold
 #: (32 MiB), so the chunk's temporaries are reused heap memory. Larger temporaries are fresh mmap pages on every

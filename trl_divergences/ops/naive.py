@@ -6,11 +6,15 @@ Memory O(N·V); never used in training code paths.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ..divergences.base import MASKED_LOG_PROB, Divergence, compute_dtype
+from ..numerics import MASKED_LOG_PROB, compute_dtype
+
+if TYPE_CHECKING:
+    from ..divergences import Divergence
 
 
 def logprob_entropy_divergence(

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..divergences.base import MASKED_LOG_PROB, compute_dtype
+from ..numerics import MASKED_LOG_PROB, compute_dtype
 from .chunked import _GradAccumulator, _project, default_chunk_rows
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from torch import Tensor
 
 from ..divergences import Divergence, get_divergence
-from ..divergences.base import compute_dtype
+from ..numerics import compute_dtype
 
 NLL = "nll"
 #: rehearsal losses: the generator-form divergences of DPH-RL plus plain SFT

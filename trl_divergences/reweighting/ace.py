@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_nonnegative
+from ..numerics import compute_dtype
 from .base import AdvantageReweighting, Reweighted, Rollouts, register_advantage_reweighting
 
 
@@ -44,7 +45,7 @@ class ACE(AdvantageReweighting):
         if rollouts.seq_log_ratio is None:
             raise ValueError("ace needs Rollouts.seq_log_ratio (Σ_t log π_old − log ρ per rollout)")
         adv = rollouts.advantages
-        dtype = torch.float64 if adv.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(adv.dtype)
         scored = ~torch.isnan(rollouts.rewards)
         c = rollouts.seq_log_ratio.to(dtype)
         if self.length_normalize:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..checks import check_choice, check_nonnegative, check_positive
 from ..groups import beta_kernel, group_count, group_mean
+from ..numerics import compute_dtype
 from .base import AdvantageReweighting, Reweighted, Rollouts, register_advantage_reweighting
 
 
@@ -18,10 +19,6 @@ def _pass_rate(rollouts: Rollouts, dtype: torch.dtype) -> tuple[Tensor, Tensor, 
     scored = ~torch.isnan(rollouts.rewards)
     correct = rollouts.correct.bool() & scored
     return scored, correct, group_mean(correct.to(dtype), rollouts.group_ids)
-
-
-def _compute_dtype(advantages: Tensor) -> torch.dtype:
-    return torch.float64 if advantages.dtype == torch.float64 else torch.float32
 
 
 @register_advantage_reweighting("dads")
@@ -59,7 +56,7 @@ class DADS(AdvantageReweighting):
 
     def __call__(self, rollouts: Rollouts) -> Reweighted:
         adv = rollouts.advantages
-        dtype = _compute_dtype(adv)
+        dtype = compute_dtype(adv.dtype)
         scored, correct, accuracy = _pass_rate(rollouts, dtype)
         difficulty = 1.0 - accuracy
         shaped = (adv > 0) & scored & (difficulty > 0) & (difficulty < 1)
@@ -110,7 +107,7 @@ class PACED(AdvantageReweighting):
 
     def __call__(self, rollouts: Rollouts) -> Reweighted:
         adv = rollouts.advantages
-        dtype = _compute_dtype(adv)
+        dtype = compute_dtype(adv.dtype)
         scored, _, p = _pass_rate(rollouts, dtype)
         raw = beta_kernel(p, self.alpha, self.beta)
         weight = raw

@@ -7,6 +7,7 @@ import torch
 
 from ..checks import check_choice, check_fraction, check_nonnegative
 from ..groups import group_mean
+from ..numerics import compute_dtype
 from .base import AdvantageReweighting, Reweighted, Rollouts, register_advantage_reweighting
 
 
@@ -83,7 +84,7 @@ class SuccessAdaptive(AdvantageReweighting):
 
     def __call__(self, rollouts: Rollouts) -> Reweighted:
         adv = rollouts.advantages
-        dtype = torch.float64 if adv.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(adv.dtype)
         scored = ~torch.isnan(rollouts.rewards)
         mean_reward = group_mean(torch.nan_to_num(rollouts.rewards.to(dtype), nan=0.0), rollouts.group_ids)
         scale = (self.base + self.slope * mean_reward).clamp(0.0, 1.0)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..checks import check_choice, check_fraction, check_nonnegative, check_positive_int
+from ..numerics import compute_dtype
 from .base import AdvantageReweighting, Reweighted, Rollouts, register_advantage_reweighting
 
 _FLAT_RANGE = 1e-5  # hi − lo below this: every negative token gets (1 + ξ)/2 (official ``eps * 10``)
@@ -109,7 +110,7 @@ class ResRL(AdvantageReweighting):
                 f"resrl: hidden must be [n, T, H] and completion_mask [n, T] for the n = {adv.shape[0]} local rows, "
                 f"got {tuple(hidden.shape)} and {tuple(valid.shape)}"
             )
-        dtype = torch.float64 if torch.float64 in (hidden.dtype, adv.dtype) else torch.float32
+        dtype = compute_dtype(hidden.dtype, adv.dtype)
         scored = ~torch.isnan(rollouts.rewards[local])
         positive = rollouts.correct[local].bool() & scored
         negative = ~positive & scored

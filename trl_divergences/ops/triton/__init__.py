@@ -8,11 +8,14 @@ the functions below do, on first use.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ...divergences.base import Divergence
+if TYPE_CHECKING:
+    from ...divergences import Divergence
+
 
 __all__ = [
     "fused_chunk_rows",

@@ -10,15 +10,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...divergences.base import MASKED_LOG_PROB, Divergence, compute_dtype
+from ...numerics import MASKED_LOG_PROB, compute_dtype
 from .. import chunked
 from .kernels import bwd_kernel, fwd_kernel
 from .terms import triton_term
+
+if TYPE_CHECKING:
+    from ...divergences import Divergence
 
 #: largest vocabulary block one program loads at a time (a power of two)
 BLOCK_V = 4096

@@ -12,15 +12,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import triton
 import triton.language as tl
 
-from ...divergences.base import Divergence
-from ...divergences.fdivergences import _EXP_CAP
+from ... import numerics
 
-EXP_CAP = tl.constexpr(_EXP_CAP)
+if TYPE_CHECKING:
+    from ...divergences import Divergence
+
+
+EXP_CAP = tl.constexpr(numerics.EXP_CAP)
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class TritonTerm:
     params: tuple[float, float, float]
 
 
-_Resolver = Callable[[Divergence], TritonTerm]
+_Resolver = Callable[["Divergence"], TritonTerm]
 _TRITON_TERMS: dict[str, _Resolver] = {}
 
 
