@@ -16,6 +16,8 @@ from .numerics import compute_dtype
 
 #: concatenates a 1-D tensor over processes (identity on one process); used by the "global" scopes
 Gather = Callable[[Tensor], Tensor]
+#: sums a tensor over processes (identity on one process)
+ReduceSum = Callable[[Tensor], Tensor]
 
 
 def _inverse(group_ids: Tensor) -> tuple[Tensor, int]:

@@ -66,7 +66,7 @@ def test_each_token_mask_trains_and_logs(tiny_model_dir, tokenizer, tmp_path, na
     assert all(kept_ok(h[f"mask/{name}/kept_fraction"]) for h in logs), [h[f"mask/{name}/kept_fraction"] for h in logs]
     assert (trainer.ref_model is not None) == (name == "eksft")  # EKSFT's exact KL(π‖ρ) needs ρ even at beta = 0
     if name == "siren":
-        anchor = trainer.token_masks[0].anchor
+        anchor = trainer.objective.token_masks[0].anchor
         assert anchor is not None and anchor > 0 and all(h["mask/siren/anchor"] == anchor for h in logs)
     if name == "eksft":
         assert all(h["mask/eksft/entropy_term"] > 0 for h in logs)
@@ -152,7 +152,7 @@ def test_pass_rate_curricula_sample_and_update(tiny_model_dir, tokenizer, tmp_pa
     trainer, logs = _run(tiny_model_dir, tokenizer, tmp_path, curriculum=name, max_steps=3)
     assert isinstance(trainer._curriculum_sampler, CurriculumSampler)
     assert all(f"curriculum/{name}/effective_prompts" in h for h in logs)
-    table = trainer.curriculum.pass_rates
+    table = trainer.objective.curriculum.pass_rates
     assert (table != 0.5).sum() > 0  # sampled prompts moved from the prior
 
 
@@ -231,7 +231,7 @@ def test_resumed_curriculum_samples_like_an_uninterrupted_run(tiny_model_dir, to
     drawn_resumed = _prompts_per_step(resumed)
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "ours" / "checkpoint-2"))
     assert len(drawn_full) == 4 and drawn_resumed == drawn_full[2:]
-    assert torch.equal(resumed.curriculum.pass_rates, full.curriculum.pass_rates)
+    assert torch.equal(resumed.objective.curriculum.pass_rates, full.objective.curriculum.pass_rates)
 
 
 def test_methods_state_round_trips(tiny_model_dir, tokenizer, tmp_path):
@@ -247,5 +247,5 @@ def test_methods_state_round_trips(tiny_model_dir, tokenizer, tmp_path):
     fresh.get_train_dataloader()  # builds the sampler
     fresh.load_methods_state_dict(state)
     assert fresh.methods_state_dict() == state
-    assert fresh.token_masks[0].anchor == trainer.token_masks[0].anchor
-    assert fresh._divergence_now.name == "reverse_kl"
+    assert fresh.objective.token_masks[0].anchor == trainer.objective.token_masks[0].anchor
+    assert fresh.objective.divergence_now.name == "reverse_kl"

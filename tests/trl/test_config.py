@@ -19,7 +19,7 @@ def test_defaults_are_trl_behaviour():
 def test_every_divergence_accepts_full_k1_k3_k3plus(name):
     for estimator in ("full", "k1", "k3", "k3+"):
         args = DivergenceGRPOConfig(**COMMON, divergence=name, divergence_estimator=estimator)
-        assert args.build_divergence().name == name
+        assert args.build_objective().divergence.name == name
         assert not args.uses_stock_kl or (name, estimator) == ("reverse_kl", "k3")
 
 
@@ -63,7 +63,7 @@ def test_grpo_config_fields_still_work():
         divergence_kwargs={"beta": 0.25},
     )
     assert (args.loss_type, args.top_entropy_quantile, args.beta) == ("dapo", 0.2, 0.01)
-    assert args.build_divergence().beta == 0.25
+    assert args.build_objective().divergence.beta == 0.25
 
 
 def test_list_divergences_covers_config_help():
@@ -113,10 +113,10 @@ def test_catalog_fields_build_their_methods():
         coefficient_schedule="warmup",
         schedule_kwargs={"warmup_steps": 10},
     )
-    masks = args.build_token_masks()
+    masks = args.build_objective().token_masks
     assert [m.name for m in masks] == ["siren", "correct_only"] and masks[0].coef == 0.01
-    assert args.build_reweighting().name == "dads" and args.build_curriculum().std == 0.35
-    assert args.build_schedule().warmup_steps == 10
+    assert args.build_objective().reweighting.name == "dads" and args.build_objective().curriculum.std == 0.35
+    assert args.build_objective().schedule.warmup_steps == 10
     assert not args.uses_stock_kl  # a schedule (and DADS's per-rollout weights) need our penalty path
     help_text = {
         f: DivergenceGRPOConfig.__dataclass_fields__[f].metadata["help"] for f in ("token_masks", "curriculum")

@@ -9,7 +9,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
 import trl_divergences as td
-import trl_divergences.trl.forward as forward_module
+import trl_divergences.objective.vocabulary as vocabulary_module
 
 from .helpers import make_trainer
 
@@ -31,7 +31,7 @@ def _record(trainer, monkeypatch):
         return out
 
     trainer._compute_loss = compute_loss
-    monkeypatch.setattr(forward_module, "fused_linear_logprob_entropy_divergence", op)
+    monkeypatch.setattr(vocabulary_module, "fused_linear_logprob_entropy_divergence", op)
     return batches, divs
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import trl_divergences as td
 
-from .helpers import make_trainer
+from .helpers import make_trainer, prompts_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +53,44 @@ def test_beta_zero_loads_no_reference_and_logs_no_divergence(tiny_model_dir, tok
     assert not any("kl" in h or "divergence/coef" in h for h in trainer.state.log_history)
 
 
-def test_trainer_requires_our_config(tiny_model_dir, tokenizer, tmp_path):
-    from trl import GRPOConfig
+def test_plain_grpo_config_and_no_args_are_trls_defaults(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    """Drop-in: a plain GRPOConfig is taken with our fields at their defaults; no args builds TRL's default config."""
+    from trl import GRPOConfig, GRPOTrainer
 
-    with pytest.raises(TypeError, match="DivergenceGRPOConfig"):
-        td.DivergenceGRPOTrainer(
-            model=tiny_model_dir,
-            reward_funcs=lambda **kw: [0.0],
-            args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[]),
-            processing_class=tokenizer,
-        )
+    def reward(**kwargs):
+        return [0.0] * len(kwargs["completions"])
+
+    plain = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], beta=0.1)
+    data = prompts_dataset()
+    trainer = td.DivergenceGRPOTrainer(tiny_model_dir, reward, plain, data, processing_class=tokenizer)
+    assert isinstance(trainer.args, td.DivergenceGRPOConfig)
+    assert trainer.args.beta == 0.1 and trainer.args.generation_batch_size == plain.generation_batch_size
+    assert (trainer.args.divergence, trainer.args.divergence_estimator) == ("reverse_kl", "k3")
+    assert trainer._stock_kl and trainer.ref_model is not None
+    monkeypatch.chdir(tmp_path)
+    # no args: TRL's default config (bf16 on, so on a CPU machine TRL's and ours refuse it with TRL's message)
+    errors = []
+    for cls in (GRPOTrainer, td.DivergenceGRPOTrainer):
+        with pytest.raises(ValueError) as info:
+            cls(tiny_model_dir, reward, train_dataset=data, processing_class=tokenizer)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+    with pytest.raises(TypeError, match="DivergenceGRPOConfig or a GRPOConfig"):
+        td.DivergenceGRPOTrainer(tiny_model_dir, reward, {"beta": 0.1}, data)
+
+
+def test_get_high_entropy_mask_on_a_mocked_trainer_is_trls():
+    """TRL's unit tests call ``get_high_entropy_mask`` on a mocked trainer: outside our loss ours is TRL's."""
+    from unittest.mock import MagicMock
+
+    import torch
+    from trl import GRPOTrainer
+
+    trainer = MagicMock()
+    trainer.accelerator.pad_across_processes.side_effect = lambda x, dim, pad_index: x
+    trainer.accelerator.gather.side_effect = lambda x: x
+    entropies = torch.tensor([[0.1, 0.9, 0.5, 0.3], [0.7, 0.2, 0.8, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    ours = td.DivergenceGRPOTrainer.get_high_entropy_mask(trainer, entropies, mask, 0.5)
+    assert torch.equal(ours, GRPOTrainer.get_high_entropy_mask(trainer, entropies, mask, 0.5))
+    assert ours.sum() == 4 and not ours[1, 3]

@@ -62,6 +62,11 @@ class Divergence:
     needs_reference: bool = True
     #: a trainer may offer the exact full-vocabulary estimator against the reference model
     supports_full: bool = True
+    #: the divergence selects tokens and replaces the policy-gradient term on them (:meth:`select`,
+    #: :meth:`selected_token_loss`) instead of adding a penalty to every token
+    replaces_policy_gradient: bool = False
+    #: κ of the min-p proxy of π_old the divergence is measured against (None: it is measured against ρ)
+    proxy_min_p: float | None = None
 
     def __init__(self, *, log_floor: float = DEFAULT_LOG_FLOOR) -> None:
         if not (isinstance(log_floor, (int, float)) and math.isfinite(log_floor) and log_floor < 0):

@@ -72,6 +72,7 @@ class LpReg(ForwardKL):
     #: no frozen reference model: the proxy comes from the policy's own rollout-time logits
     needs_reference = False
     supports_full = False
+    replaces_policy_gradient = True
 
     def __init__(
         self,
@@ -83,7 +84,7 @@ class LpReg(ForwardKL):
         log_floor: float = DEFAULT_LOG_FLOOR,
     ) -> None:
         super().__init__(log_floor=log_floor)
-        self.kappa = check_fraction("lp_reg", "kappa", kappa)
+        self.kappa = self.proxy_min_p = check_fraction("lp_reg", "kappa", kappa)
         self.rho = check_fraction("lp_reg", "rho", rho)
         self.clamp = check_positive("lp_reg", "clamp", clamp)
         self.scope = check_choice("lp_reg", "scope", scope, LP_REG_SCOPES)

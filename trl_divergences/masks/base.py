@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..groups import Gather
+from ..groups import Gather, ReduceSum
 from ..numerics import compute_dtype
 from ..registry import Method, Registry
 
@@ -88,6 +88,16 @@ class TokenMask(Method):
     @property
     def needs_reference(self) -> bool:
         return "reverse_kl" in self.requires
+
+    @property
+    def rollout_requires(self) -> frozenset[str]:
+        """Statistics of the rollout policy the mask needs from the next generation batch (:meth:`observe_rollouts`),
+        e.g. ``{"topp_entropy"}`` while an anchor is unset."""
+        return frozenset()
+
+    def observe_rollouts(self, statistics: dict[str, Tensor], mask: Tensor, reduce_sum: ReduceSum) -> None:
+        """Update the mask's state from one generation batch's rollout statistics (local rows; ``reduce_sum`` sums
+        over processes). Called only when :attr:`rollout_requires` is non-empty."""
 
     def __call__(self, batch: TokenBatch) -> MaskOutput:
         raise NotImplementedError

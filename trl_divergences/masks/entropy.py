@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_choice, check_fraction, check_nonnegative, check_positive, check_positive_int
+from ..groups import ReduceSum
 from .base import MaskOutput, TokenBatch, TokenMask, register_token_mask, top_fraction
 
 
@@ -85,6 +86,17 @@ class Siren(TokenMask):
         peak = topp_peak_mask(topp_entropy, mask, self.mask_ratio)
         weights = peak.to(topp_entropy.dtype)
         return (topp_entropy * weights).sum(-1) / weights.sum(-1).clamp(min=1.0), peak
+
+    @property
+    def rollout_requires(self) -> frozenset[str]:
+        """The initial policy's top-p entropy on the first generation batch, while the anchor is unset."""
+        return frozenset({"topp_entropy"}) if self.anchor is None else frozenset()
+
+    def observe_rollouts(self, statistics: dict[str, Tensor], mask: Tensor, reduce_sum: ReduceSum) -> None:
+        """H_anchor = mean over every process's responses of the peak-masked H^p of the rollout policy."""
+        means, _ = self.response_means(statistics["topp_entropy"], mask)
+        totals = reduce_sum(torch.stack([means.sum(), means.new_tensor(float(means.numel()))]))
+        self.set_anchor((totals[0] / totals[1].clamp(min=1.0)).item())
 
     def set_anchor(self, value: float) -> None:
         """Fix H_anchor (the adapter measures it once, on the initial policy's first training batch)."""

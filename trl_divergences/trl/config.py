@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import math
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl import GRPOConfig
 
-from ..curricula import CURRICULA, SCHEDULES, Curriculum, Schedule
-from ..divergences import DIVERGENCES, Divergence, get_divergence
-from ..masks import TOKEN_MASKS, TokenMask
-from ..rehearsal.loss import REHEARSAL_DIVERGENCES, build_rehearsal_loss
-from ..reweighting import ADVANTAGE_REWEIGHTINGS, AdvantageReweighting
+from ..curricula import CURRICULA, SCHEDULES
+from ..divergences import DIVERGENCES
+from ..masks import TOKEN_MASKS
+from ..objective import KWARGS_FIELDS, Objective, kwargs_dict
+from ..rehearsal.loss import REHEARSAL_DIVERGENCES
+from ..reweighting import ADVANTAGE_REWEIGHTINGS
 
-FULL = "full"
 #: loss types whose normalizer is a token count, so rollouts dropped from the loss leave the mean (PSR/NSR)
 TOKEN_MEAN_LOSS_TYPES = ("bnpo", "dapo")
-
-
-def _kwargs_dict(field_name: str, value: Any) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValueError(f"{field_name} must be a dict, got {type(value).__name__}")
-    return value
 
 
 @dataclass
@@ -136,80 +129,40 @@ class DivergenceGRPOConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in (
-            "divergence_kwargs",
-            "token_mask_kwargs",
-            "reweighting_kwargs",
-            "curriculum_kwargs",
-            "schedule_kwargs",
-            "rehearsal_kwargs",
-        ):
-            setattr(self, name, _kwargs_dict(name, getattr(self, name)))
+        self._validate_fields()
+
+    @classmethod
+    def from_grpo_config(cls, args: GRPOConfig) -> DivergenceGRPOConfig:
+        """A plain ``GRPOConfig`` (already post-initialised) with our fields at their defaults: TRL's behaviour."""
+        new = copy.copy(args)
+        new.__class__ = cls
+        for f in dataclasses.fields(cls):
+            if f.name not in vars(new):
+                setattr(new, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+        new._validate_fields()
+        return new
+
+    def _validate_fields(self) -> None:
+        """Our fields, once TRL's ``__post_init__`` has run."""
+        objective = self.build_objective()  # validates every name, kwarg and cross-method conflict
+        for name in KWARGS_FIELDS:
+            setattr(self, name, kwargs_dict(name, getattr(self, name)))
         self._validate_rehearsal()
-        div = get_divergence(self.divergence, **self.divergence_kwargs)
-        self._check_estimator(div)
-        masks = self.build_token_masks()
-        reweighting, curriculum, schedule = self.build_reweighting(), self.build_curriculum(), self.build_schedule()
-        self._validate_catalog(div, masks, reweighting, curriculum, schedule)
-
-    def _check_estimator(self, div: Divergence) -> None:
-        valid = (*div.estimators, FULL) if div.supports_full else div.estimators
-        if self.divergence_estimator not in valid:
+        objective.check_whole_groups(
+            self.per_device_train_batch_size * self.steps_per_generation,
+            self.num_generations,
+            rows="per_device_train_batch_size × steps_per_generation",
+            group="num_generations",
+        )
+        objective.check_token_count_normaliser("loss_type", self.loss_type, TOKEN_MEAN_LOSS_TYPES)
+        if objective.requirements.greedy_filter and self.use_vllm:
             raise ValueError(
-                f"divergence_estimator {self.divergence_estimator!r} is not supported by divergence "
-                f"{div.name!r}; valid: {', '.join(valid)}"
+                f"curriculum {self.curriculum!r} greedy-decodes with transformers; use_vllm is not supported yet"
             )
-
-    def _validate_catalog(
-        self,
-        div: Divergence,
-        masks: list[TokenMask],
-        reweighting: AdvantageReweighting | None,
-        curriculum: Curriculum | None,
-        schedule: Schedule | None,
-    ) -> None:
-        """Cross-field checks of the method catalog (each method's own kwargs are checked when it is built)."""
-        if not (
-            isinstance(self.correct_reward_threshold, (int, float)) and math.isfinite(self.correct_reward_threshold)
-        ):
-            raise ValueError(f"correct_reward_threshold must be a finite number, got {self.correct_reward_threshold!r}")
-        min_ps = {m.min_p for m in masks if m.min_p is not None} | ({div.kappa} if div.name == "lp_reg" else set())
-        if len(min_ps) > 1:
-            raise ValueError(
-                f"the min-p proxy is shared: lp_reg's and low_probability's kappa must agree, got {sorted(min_ps)}"
-            )
-        whole_groups = [m.name for m in (reweighting, curriculum) if m is not None and _needs_whole_groups(m)]
-        per_process = self.per_device_train_batch_size * self.steps_per_generation
-        if whole_groups and per_process % self.num_generations:
-            raise ValueError(
-                f"{', '.join(whole_groups)} needs every prompt's {self.num_generations} rollouts on one process: "
-                f"per_device_train_batch_size × steps_per_generation ({per_process}) must be a multiple of "
-                f"num_generations ({self.num_generations})"
-            )
-        if reweighting is not None and reweighting.drops_rollouts and self.loss_type not in TOKEN_MEAN_LOSS_TYPES:
-            raise ValueError(
-                f"advantage_reweighting {reweighting!r} drops rollouts from the token mean: loss_type must be one of "
-                f"{TOKEN_MEAN_LOSS_TYPES}, got {self.loss_type!r}"
-            )
-        if curriculum is not None and curriculum.kind == "filter" and self.use_vllm:
-            raise ValueError(
-                f"curriculum {curriculum.name!r} greedy-decodes with transformers; use_vllm is not supported yet"
-            )
-        if schedule is not None and schedule.divergences:
-            if self.divergence not in schedule.divergences:
-                raise ValueError(
-                    f"coefficient_schedule {schedule.name!r} switches between {', '.join(schedule.divergences)}; "
-                    f"divergence {self.divergence!r} conflicts with it"
-                )
-            for name in schedule.divergences:
-                self._check_estimator(get_divergence(name, **self.divergence_kwargs))
 
     def _validate_rehearsal(self) -> None:
         from ..rehearsal.store import load_meta
 
-        build_rehearsal_loss(self.rehearsal_divergence, **self.rehearsal_kwargs)
-        if not (isinstance(self.rehearsal_coef, (int, float)) and self.rehearsal_coef >= 0):
-            raise ValueError(f"rehearsal_coef must be a non-negative number, got {self.rehearsal_coef!r}")
         if self.rehearsal_batch_size is None:
             self.rehearsal_batch_size = max(1, self.per_device_train_batch_size // 8)
         if not (isinstance(self.rehearsal_batch_size, int) and self.rehearsal_batch_size >= 1):
@@ -217,59 +170,29 @@ class DivergenceGRPOConfig(GRPOConfig):
         if self.rehearsal_dataset is not None:
             load_meta(self.rehearsal_dataset)
 
-    def build_divergence(self) -> Divergence:
-        """The configured :class:`~trl_divergences.divergences.Divergence` instance."""
-        return get_divergence(self.divergence, **self.divergence_kwargs)
-
-    def build_token_masks(self) -> list[TokenMask]:
-        """The configured token masks, in order (unknown names, duplicates or stray kwargs raise ``ValueError``)."""
-        if isinstance(self.token_masks, str) or not isinstance(self.token_masks, (list, tuple)):
-            raise ValueError(f"token_masks must be a list of names, got {self.token_masks!r}")
-        if len(set(self.token_masks)) != len(self.token_masks):
-            raise ValueError(f"token_masks lists a mask twice: {self.token_masks!r}")
-        stray = sorted(set(self.token_mask_kwargs) - set(self.token_masks))
-        if stray:
-            raise ValueError(f"token_mask_kwargs has entries for masks not in token_masks: {stray}")
-        return [
-            TOKEN_MASKS.build(name, **_kwargs_dict(f"token_mask_kwargs[{name!r}]", self.token_mask_kwargs.get(name)))
-            for name in self.token_masks
-        ]
-
-    def build_reweighting(self) -> AdvantageReweighting | None:
-        return _build_optional(
-            ADVANTAGE_REWEIGHTINGS, self.advantage_reweighting, self.reweighting_kwargs, "reweighting_kwargs"
+    def build_objective(self) -> Objective:
+        """The configured :class:`~trl_divergences.objective.Objective` (fresh method state)."""
+        return Objective(
+            divergence=self.divergence,
+            divergence_estimator=self.divergence_estimator,
+            divergence_kwargs=self.divergence_kwargs,
+            coef=self.beta,
+            token_masks=self.token_masks,
+            token_mask_kwargs=self.token_mask_kwargs,
+            advantage_reweighting=self.advantage_reweighting,
+            reweighting_kwargs=self.reweighting_kwargs,
+            curriculum=self.curriculum,
+            curriculum_kwargs=self.curriculum_kwargs,
+            coefficient_schedule=self.coefficient_schedule,
+            schedule_kwargs=self.schedule_kwargs,
+            correct_reward_threshold=self.correct_reward_threshold,
+            rehearsal_divergence=self.rehearsal_divergence,
+            rehearsal_kwargs=self.rehearsal_kwargs,
+            rehearsal_coef=self.rehearsal_coef,
         )
-
-    def build_curriculum(self) -> Curriculum | None:
-        return _build_optional(CURRICULA, self.curriculum, self.curriculum_kwargs, "curriculum_kwargs")
-
-    def build_schedule(self) -> Schedule | None:
-        return _build_optional(SCHEDULES, self.coefficient_schedule, self.schedule_kwargs, "schedule_kwargs")
 
     @property
     def uses_stock_kl(self) -> bool:
         """True when the penalty is TRL's own (reverse KL by k3 at a constant coefficient, equal for every rollout):
         TRL's k3 code runs unchanged."""
-        reweighting = self.build_reweighting()
-        return (
-            self.divergence == "reverse_kl"
-            and self.divergence_estimator == "k3"
-            and self.coefficient_schedule is None
-            and not (reweighting is not None and reweighting.reweights_divergence)
-        )
-
-
-def _needs_whole_groups(method: AdvantageReweighting | Curriculum) -> bool:
-    """ResRL's per-group PCA and SELF's per-prompt filter work on one process's rows."""
-    if isinstance(method, AdvantageReweighting):
-        return method.whole_groups_per_process
-    return method.kind == "filter"
-
-
-def _build_optional(registry, name: str | None, kwargs: dict, field_name: str):
-    """``registry.build(name, **kwargs)``, or None for no method (then ``kwargs`` must be empty)."""
-    if name is None:
-        if kwargs:
-            raise ValueError(f"{field_name} given without a method to apply them to: {kwargs!r}")
-        return None
-    return registry.build(name, **kwargs)
+        return self.build_objective().plain_reverse_k3

@@ -24,8 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..divergences import Divergence
-from ..ops import fused_linear_logprob_entropy_divergence, fused_linear_nucleus_stats
+from ..objective import VocabularyRequest, vocabulary_statistics
 
 try:
     from peft import PeftModel
@@ -76,35 +75,27 @@ def decoder_layers(model: Any) -> Any:
 
 @dataclass
 class ForwardRequest:
-    """What the wrapped forward computes for one batch of rows; results accumulate in ``results`` by name.
-
-    Attributes:
-        n_completion: completion columns C (the statistics are taken at the C positions predicting them).
-        exact: {result name: divergence} computed exactly over the vocabulary against ``ref_hidden`` [B, C, H_ref].
-        top_p, top_k: the nucleus of ``topp_entropy`` (None: not computed); min_p: the proxy of ``proxy_logp``.
-        penultimate: capture the penultimate decoder layer's output at those positions (detached).
+    """One TRL call's :class:`~trl_divergences.objective.VocabularyRequest` (what the wrapped forward computes for its
+    rows) with what TRL's call adds: the completion length, the temperature, the lm_head cast, and the reference's
+    hidden states and lm_head for exact divergences. Results accumulate in ``results`` by name, in row order.
     """
 
+    spec: VocabularyRequest
     n_completion: int
     temperature: float
     cast_fp32: bool = False
-    exact: dict[str, Divergence] = field(default_factory=dict)
     ref_hidden: Tensor | None = None
     ref_weight: Tensor | None = None
     ref_bias: Tensor | None = None
-    top_p: float | None = None
-    top_k: int = 10000
-    min_p: float | None = None
-    penultimate: bool = False
     results: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
     offset: int = 0
 
     def result(self, name: str) -> Tensor:
         return torch.cat(self.results[name])
 
-    def get(self, name: str) -> Tensor | None:
-        """:meth:`result`, or None when ``name`` was not computed."""
-        return self.result(name) if name in self.results else None
+    def all_results(self) -> dict[str, Tensor]:
+        """Every computed statistic, [rows, C] each."""
+        return {name: self.result(name) for name in self.results}
 
     def compute(self, model: Any, hidden: Tensor, targets: Tensor, penultimate: Tensor | None) -> None:
         """Statistics of one forward's rows (``hidden`` [b, C, H] at the completion-predicting positions)."""
@@ -113,41 +104,20 @@ class ForwardRequest:
         weight, bias = lm_head_weight(model)
         if self.cast_fp32:
             hidden = hidden.float()
-        computed: dict[str, Tensor] = {}
-        for name, div in self.exact.items():
-            if repr(div) in computed:  # e.g. the `full` reverse-KL penalty and EKSFT's KL: one pass
-                self.results[name].append(computed[repr(div)])
-                continue
-            _, _, value = fused_linear_logprob_entropy_divergence(
-                hidden,
-                weight,
-                self.ref_hidden[rows].to(hidden.dtype),
-                self.ref_weight.to(weight.dtype),
-                None,
-                div,
-                temperature=self.temperature,
-                bias=bias,
-                ref_bias=self.ref_bias,
-            )
-            computed[repr(div)] = value
+        stats = vocabulary_statistics(
+            self.spec,
+            hidden,
+            weight,
+            targets,
+            temperature=self.temperature,
+            bias=bias,
+            ref_hidden=None if self.ref_hidden is None else self.ref_hidden[rows],
+            ref_weight=self.ref_weight,
+            ref_bias=self.ref_bias,
+            penultimate=penultimate,
+        )
+        for name, value in stats.items():
             self.results[name].append(value)
-        if self.top_p is not None or self.min_p is not None:
-            stats = fused_linear_nucleus_stats(
-                hidden,
-                weight,
-                targets if self.min_p is not None else None,
-                bias=bias,
-                top_p=self.top_p,
-                top_k=self.top_k,
-                min_p=self.min_p,
-                temperature=self.temperature,
-            )
-            if self.top_p is not None:
-                self.results["topp_entropy"].append(stats.topp_entropy)
-            if self.min_p is not None:
-                self.results["proxy_logp"].append(stats.proxy_logp)
-        if penultimate is not None:
-            self.results["penultimate"].append(penultimate.detach())
 
 
 def install_forward_request_hook(model: Any, current: Callable[[], ForwardRequest | None]) -> None:
@@ -164,7 +134,7 @@ def install_forward_request_hook(model: Any, current: Callable[[], ForwardReques
                 lambda _m, _i, out: captured.__setitem__("final", out.last_hidden_state)
             )
         ]
-        if request.penultimate:
+        if request.spec.penultimate:
             hooks.append(
                 decoder_layers(model_self)[-2].register_forward_hook(
                     lambda _m, _i, out: captured.__setitem__("penultimate", out[0] if isinstance(out, tuple) else out)

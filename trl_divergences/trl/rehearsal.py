@@ -13,10 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ..rehearsal.loss import build_rehearsal_loss
 from ..rehearsal.store import PROMPTS, load_meta, load_store, pack_samples, prompt_key, scatter_completion
 from ..rehearsal.stream import RehearsalStream
 
@@ -30,7 +28,7 @@ def exploration_only(dataset, store: str | Path):
 
 
 class Rehearsal:
-    """The store, its stream and the loss of one trainer; :meth:`term` computes the loss to add."""
+    """The store and its stream of one trainer; :meth:`term` feeds a batch of it to the objective's rehearsal term."""
 
     def __init__(self, args: Any, pad_id: int) -> None:
         meta = load_meta(args.rehearsal_dataset)
@@ -41,13 +39,12 @@ class Rehearsal:
                 f"temperature {args.temperature}: u = π/ρ must compare both at the same temperature"
             )
         self.samples = load_store(args.rehearsal_dataset).select_columns(["prompt_ids", "completion_ids", "ref_logps"])
-        self.loss = build_rehearsal_loss(args.rehearsal_divergence, **args.rehearsal_kwargs)
         self.stream = RehearsalStream(len(self.samples), seed=args.seed)
-        self.coef, self.batch_size, self.pad_id = float(args.rehearsal_coef), args.rehearsal_batch_size, pad_id
+        self.batch_size, self.pad_id = args.rehearsal_batch_size, pad_id
 
-    def term(self, trainer: Any, model: Any, inputs: dict[str, Any]) -> Tensor:
-        """coef × token-mean rehearsal loss on the next batch of the stream, scaled for gradient accumulation;
-        logs ``rehearsal/<divergence>`` (mean per-token value) and ``rehearsal/token_share``."""
+    def term(self, trainer: Any, model: Any, inputs: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        """(the objective's rehearsal term on the next batch of the stream, scaled for gradient accumulation;
+        its metrics)."""
         acc = trainer.accelerator
         indices = self.stream.next_indices(self.batch_size * acc.num_processes)
         rows = self.samples[indices[acc.process_index * self.batch_size : (acc.process_index + 1) * self.batch_size]]
@@ -60,17 +57,11 @@ class Rehearsal:
         )
         mask = completion_mask[:, 1:]
         ref_logps = scatter_completion(rows["ref_logps"], completion_mask)[:, 1:]
-        loss, values = self.loss(logps, ref_logps, mask)
-
-        rl_mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
-        totals = acc.reduce(
-            torch.stack([(values.detach() * mask).sum(), mask.sum().float(), rl_mask.sum().float()]).float(),
-            reduction="sum",
+        rl_tokens = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        term, metrics = trainer.objective.rehearsal_term(
+            logps, ref_logps, mask, rl_tokens, lambda x: acc.reduce(x, reduction="sum")
         )
-        metrics = trainer._metrics["train"]
-        metrics[f"rehearsal/{self.loss.name}"].append((totals[0] / totals[1].clamp(min=1.0)).item())
-        metrics["rehearsal/token_share"].append((totals[1] / (totals[1] + totals[2]).clamp(min=1.0)).item())
-        return self.coef * loss.to(logps.dtype) / trainer.current_gradient_accumulation_steps
+        return term / trainer.current_gradient_accumulation_steps, metrics
 
     def save(self, folder: str | Path) -> None:
         (Path(folder) / STATE_FILE).write_text(json.dumps(self.stream.state_dict()))

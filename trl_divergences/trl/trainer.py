@@ -1,26 +1,25 @@
-"""``DivergenceGRPOTrainer``: TRL 1.16's ``GRPOTrainer`` with the divergence penalty swapped and the method catalog
-(token masks, advantage reweighting, curricula, schedules) plugged in at TRL's narrowest seams.
+"""``DivergenceGRPOTrainer``: TRL 1.16's ``GRPOTrainer`` with the configured objective
+(:class:`~trl_divergences.objective.Objective`: divergence penalty, token masks, advantage reweighting, curricula,
+schedules, Lp-Reg, rehearsal) plugged in at TRL's narrowest seams. This module only translates: which tensors to
+compute comes from ``objective.requirements`` and its requests, every term from the objective.
 
 Overridden (all private TRL methods below are covered by tests that fail if TRL changes them):
 
-* ``__init__``: builds the configured methods; TRL loads and wraps the reference model when one is needed (the
-  divergence with ``beta != 0``, or a method that reads ρ: ACE, EKSFT) and only then. The policy's fused forward is
-  wrapped once more (:mod:`.forward`) so that vocabulary statistics (exact divergences, SIREN's top-p entropy,
-  Lp-Reg's proxy) are computed *inside* the model's forward (DDP/FSDP see one forward).
+* ``__init__``: builds the objective; TRL loads and wraps the reference model iff the objective needs one. The
+  policy's fused forward is wrapped once more (:mod:`.forward`) so that vocabulary statistics are computed *inside*
+  the model's forward (DDP/FSDP see one forward).
 * ``_get_train_sampler``: a curriculum's weighted sampler with ``RepeatSampler``'s layout.
-* ``_calculate_rewards``: keeps the gathered rewards (correctness, pass rates).
+* ``_calculate_rewards``: keeps the gathered rewards for the objective's rollout step.
 * ``_generate_and_score_completions``: SELF's greedy filter before the rollouts; after TRL's scoring, the reference
-  hidden states for exact divergences, the per-rollout statistics and everything computed once per generation
-  batch (:mod:`.rollout`: reweighted advantages, the proxy, the curriculum update, the scheduled coefficient).
+  hidden states, the rollout-time policy pass and the objective's rollout step.
 * ``_get_per_token_logps_and_entropies``: records the policy log-probs of the loss forward (with their graph).
-* ``get_high_entropy_mask``: during our loss, returns the composition of the configured token masks (TRL applies it
-  to the policy-gradient term and the entropy bonus, not to the penalty).
-* ``_compute_loss``: runs TRL's loss with TRL's own k3 switched off (``self.beta = 0`` for the duration) unless the
-  penalty is exactly TRL's, then adds the chosen divergence (× coefficient in force, × per-rollout weights),
-  the masks' auxiliary losses, Lp-Reg's term and the rehearsal term, each aggregated like TRL's loss.
+* ``get_high_entropy_mask``: during our loss, TRL's own mask AND the objective's policy-gradient keep mask.
+* ``_compute_loss``: runs TRL's loss (TRL's own k3 only when the penalty is exactly TRL's), then adds the
+  objective's per-token terms aggregated like TRL's loss, its auxiliary losses and the rehearsal term.
 * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: save and restore the methods' state.
 
-With every new field at its default, TRL's code runs untouched.
+Values pass between the overrides through one typed per-call context (:class:`CallContext`), set for the duration of
+one TRL call. With every new field at its default, TRL's code runs untouched.
 """
 
 from __future__ import annotations
@@ -28,19 +27,19 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import GRPOTrainer
-from trl.trainer.utils import use_adapter
+from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import get_config_model_id, use_adapter
 
 from ..curricula import CurriculumSampler
-from ..divergences import get_divergence
-from ..masks import TokenBatch, compose_token_masks
-from .config import FULL, DivergenceGRPOConfig
+from ..objective import FULL, TokenInputs, TokenTerms, VocabularyRequest, importance_weight
+from .config import DivergenceGRPOConfig
 from .forward import (
     ForwardRequest,
     check_plain_lm_head,
@@ -50,7 +49,16 @@ from .forward import (
     lm_head_weight,
 )
 from .rehearsal import Rehearsal, exploration_only
-from .rollout import INDEX_COLUMN, apply_rollout_methods, greedy_filter, needs_rollout_statistics, nucleus_mask
+from .rollout import (
+    INDEX_COLUMN,
+    completion_tokens,
+    gather_values,
+    greedy_filter,
+    reduce_sum,
+    rollout_inputs,
+    total_rewards,
+    write_rollout_outputs,
+)
 
 STATE_FILE = "trl_divergences_state.json"
 
@@ -79,123 +87,125 @@ def trl_loss_normalize(trainer: GRPOTrainer, per_token: Tensor, mask: Tensor, in
     raise ValueError(f"unsupported loss_type {loss_type!r} for the divergence penalty")
 
 
+@dataclass
+class CallContext:
+    """What one TRL call (a loss micro-batch, or the rollout-time policy pass) hands between our overrides.
+
+    Attributes:
+        request: vocabulary statistics the wrapped forward computes (None: nothing beyond TRL's outputs).
+        inputs: the loss micro-batch (None for the rollout pass).
+        logps: the policy log-probs of the call's first forward, with graph (recorded by the log-prob override).
+        terms: the objective's terms, once computed inside ``get_high_entropy_mask``.
+        rewards_per_func: TRL's gathered rewards of the generation batch being scored.
+    """
+
+    request: ForwardRequest | None = None
+    inputs: dict[str, Any] | None = None
+    logps: Tensor | None = None
+    terms: TokenTerms | None = None
+    rewards_per_func: Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _as_divergence_config(args: GRPOConfig | None, model: Any) -> DivergenceGRPOConfig:
+    """``args`` as a :class:`DivergenceGRPOConfig`: TRL's default config when None (``<model name>-GRPO``), a plain
+    ``GRPOConfig``'s fields with our fields at their defaults (= TRL's behaviour)."""
+    if isinstance(args, DivergenceGRPOConfig):
+        return args
+    if args is None:
+        name = model if isinstance(model, str) else get_config_model_id(model.config)
+        return DivergenceGRPOConfig(f"{name.split('/')[-1]}-GRPO")
+    if isinstance(args, GRPOConfig):
+        return DivergenceGRPOConfig.from_grpo_config(args)
+    raise TypeError(f"args must be a DivergenceGRPOConfig or a GRPOConfig, got {type(args).__name__}")
+
+
 class DivergenceGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose KL penalty is any registered divergence, estimated per token by a sampled estimator or
     exactly over the vocabulary, plus the configured token masks, advantage reweighting, curriculum and coefficient
-    schedule. Use with :class:`DivergenceGRPOConfig`; everything else is TRL's."""
+    schedule. Takes a :class:`DivergenceGRPOConfig` (a plain ``GRPOConfig`` or none gives TRL's behaviour);
+    everything else is TRL's."""
 
     _tag_names = [*GRPOTrainer._tag_names, "trl-divergences"]
-    _capturing: bool = False
-    _forward_request: ForwardRequest | None = None
-    _mask_state: dict[str, Any] | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        train_args = kwargs.get("args", args[2] if len(args) > 2 else None)
-        if not isinstance(train_args, DivergenceGRPOConfig):
-            raise TypeError(
-                f"DivergenceGRPOTrainer needs args=DivergenceGRPOConfig(...), got {type(train_args).__name__}"
-            )
-        self.divergence = train_args.build_divergence()
-        self.token_masks = train_args.build_token_masks()
-        self.reweighting = train_args.build_reweighting()
-        self.curriculum = train_args.build_curriculum()
-        self.schedule = train_args.build_schedule()
-        if train_args.rehearsal_dataset and train_args.rehearsal_exploration_only:
-            args, kwargs = self._map_train_dataset(
-                args, kwargs, lambda d: exploration_only(d, train_args.rehearsal_dataset)
-            )
-        if self.curriculum is not None:
-            args, kwargs = self._map_train_dataset(args, kwargs, _with_prompt_index)
-        coef = float(train_args.beta)
+    def __init__(self, model: Any, reward_funcs: Any = None, args: GRPOConfig | None = None, *rest: Any, **kwargs: Any):
+        args = _as_divergence_config(args, model)
+        self.objective = args.build_objective()
+        self._context: CallContext | None = None
+        requirements = self.objective.requirements
+        train_dataset = kwargs.pop("train_dataset", rest[0] if rest else None)
+        rest = rest[1:]
+        if args.rehearsal_dataset and args.rehearsal_exploration_only and train_dataset is not None:
+            train_dataset = exploration_only(train_dataset, args.rehearsal_dataset)
+        if requirements.prompt_index and train_dataset is not None:
+            train_dataset = _with_prompt_index(train_dataset)
+        coef = float(args.beta)
         # TRL loads (and wraps) a reference model iff beta != 0: make beta say whether one is needed, then restore it
-        train_args.beta = 1.0 if self._needs_reference(coef) else 0.0
+        args.beta = 1.0 if requirements.reference_model else 0.0
         try:
-            super().__init__(*args, **kwargs)
+            super().__init__(model, reward_funcs, args, train_dataset, *rest, **kwargs)
         finally:
-            train_args.beta = coef
-        self.beta = self.divergence_coef = coef
-        self._stock_kl = self.args.uses_stock_kl
-        self._coef_now, self._divergence_now = coef, self.divergence
-        self._captured_logps: Tensor | None = None
+            args.beta = coef
+        self.beta = coef
+        self._stock_kl = self.objective.plain_reverse_k3
         self._rehearsal = (
             Rehearsal(self.args, self.processing_class.pad_token_id) if self.args.rehearsal_dataset else None
         )
-        self._rollout_ref_logps = self._needs_sampled_reference_logps()
-        self._rollout_ref_hidden = self._needs_reference_hidden()
-        vocabulary_stats = (
-            self._rollout_ref_hidden
-            or any(m.requires & {"topp_entropy", "proxy_logps"} for m in self.token_masks)
-            or self.divergence.name == "lp_reg"
-        )
-        if vocabulary_stats:
+        if requirements.vocabulary:
             check_plain_lm_head(hf_model(self.model), "a method that recomputes vocabulary statistics")
-        install_forward_request_hook(hf_model(self.model), lambda: self._forward_request)
+        install_forward_request_hook(hf_model(self.model), self._current_request)
         # from the config: under ZeRO-3 the local lm_head weight is a partition
         self._vocab_size = hf_model(self.model).config.get_text_config().vocab_size
 
-    # ---- which tensors the configuration needs --------------------------------------------------------------------
-    def _needs_reference(self, coef: float) -> bool:
-        """A frozen reference model: the divergence's (beta != 0), ACE's sampled ρ log-probs, EKSFT's exact KL."""
-        return (
-            (coef != 0.0 and self.divergence.needs_reference)
-            or (self.reweighting is not None and self.reweighting.needs_reference)
-            or any(m.needs_reference for m in self.token_masks)
-        )
+    # ---- the per-call context -------------------------------------------------------------------------------------
+    def _current_request(self) -> ForwardRequest | None:
+        return None if self._context is None else self._context.request
 
-    @property
-    def _active(self) -> bool:
-        """Our penalty path (not TRL's inline k3) adds the divergence."""
-        return self.divergence_coef != 0.0 and not self._stock_kl
-
-    def _needs_sampled_reference_logps(self) -> bool:
-        """TRL's rollout-time ρ log-probs of the sampled tokens (sampled estimators, TRL's k3, ACE)."""
-        sampled_penalty = (
-            self.divergence_coef != 0.0 and self.divergence.needs_reference and self.args.divergence_estimator != FULL
-        )
-        return sampled_penalty or (self.reweighting is not None and self.reweighting.needs_reference)
-
-    def _needs_reference_hidden(self) -> bool:
-        """ρ's final hidden states in the batch: the exact (`full`) penalty, EKSFT's exact KL(π‖ρ)."""
-        full = self.divergence_coef != 0.0 and self.args.divergence_estimator == FULL
-        return full or any(m.needs_reference for m in self.token_masks)
-
-    def _scheduled_divergence(self, name: str):
-        """The divergence a schedule switches to (built once, with the configured divergence_kwargs)."""
-        cache = self.__dict__.setdefault("_divergence_cache", {self.divergence.name: self.divergence})
-        if name not in cache:
-            cache[name] = get_divergence(name, **self.args.divergence_kwargs)
-        return cache[name]
-
-    # ---- helpers ----------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _attribute_as(self, name: str, value: Any) -> Iterator[None]:
-        """TRL reads ``self.beta`` (ref log-probs, its k3) and ``self.top_entropy_quantile`` (whether to call
-        ``get_high_entropy_mask``) from the instance: set one temporarily."""
-        saved = getattr(self, name)
-        setattr(self, name, value)
+    def _call(self, context: CallContext) -> Iterator[CallContext]:
+        """Make ``context`` the current call's for its duration."""
+        self._context = context
+        try:
+            yield context
+        finally:
+            self._context = None
+
+    @contextlib.contextmanager
+    def _trl_reads(self, **values: Any) -> Iterator[None]:
+        """TRL reads ``self.beta`` (whether to compute ref log-probs and its k3) and ``self.top_entropy_quantile``
+        (whether to call ``get_high_entropy_mask``) from the instance: set them for the duration of one TRL call."""
+        saved = {name: getattr(self, name) for name in values}
+        for name, value in values.items():
+            setattr(self, name, value)
         try:
             yield
         finally:
-            setattr(self, name, saved)
+            for name, value in saved.items():
+                setattr(self, name, value)
 
-    @staticmethod
-    def _map_train_dataset(args: tuple, kwargs: dict[str, Any], fn) -> tuple[tuple, dict[str, Any]]:
-        """Replace the train_dataset argument (positional or keyword) by ``fn(train_dataset)``."""
-        if len(args) > 3:
-            return (*args[:3], fn(args[3]), *args[4:]), kwargs
-        if kwargs.get("train_dataset") is not None:
-            kwargs = {**kwargs, "train_dataset": fn(kwargs["train_dataset"])}
-        return args, kwargs
+    def _forward_request(self, spec: VocabularyRequest | None, n_completion: int, ref_hidden: Tensor | None):
+        """A :class:`ForwardRequest` for ``spec`` (None: nothing to compute), with the reference lm_head when the
+        request has exact divergences."""
+        if spec is None:
+            return None
+        ref_weight = ref_bias = None
+        if spec.needs_reference:
+            ref_weight, ref_bias = lm_head_weight(self._reference_backbone_and_head()[2])
+        return ForwardRequest(
+            spec=spec,
+            n_completion=n_completion,
+            temperature=self.temperature,
+            cast_fp32=self.args.cast_lm_head_to_fp32,
+            ref_hidden=ref_hidden,
+            ref_weight=None if ref_weight is None else ref_weight.detach(),
+            ref_bias=None if ref_bias is None else ref_bias.detach(),
+        )
 
-    def gather_values(self, values: Tensor) -> Tensor:
-        """A 1-D tensor of this process concatenated over all processes (lengths may differ)."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return values
-        sizes = acc.gather(torch.tensor([values.numel()], device=values.device))
-        padded = acc.gather(acc.pad_across_processes(values, dim=0)).view(acc.num_processes, -1)
-        return torch.cat([row[:size] for row, size in zip(padded, sizes.tolist(), strict=True)])
+    def _log(self, mode: str, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(value)
 
+    # ---- the reference model ----------------------------------------------------------------------------------------
     def _reference_backbone_and_head(self) -> tuple[contextlib.AbstractContextManager, Any, Any]:
         """(context, backbone, model with the reference lm_head): the reference model, or under PEFT the policy with
         its adapter disabled (or TRL's 'ref' adapter when it created one)."""
@@ -228,14 +238,14 @@ class DivergenceGRPOTrainer(GRPOTrainer):
                 chunks.append(hs[:, :-1][:, -n_completion:])
         return torch.cat(chunks)
 
-    # ---- TRL overrides ----------------------------------------------------------------------------------------------
+    # ---- TRL overrides: rollouts ----------------------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
-        if self.curriculum is None or self.curriculum.kind != "sampler":
+        if not self.objective.requirements.prompt_index:
             return super()._get_train_sampler(dataset)
         dataset = self.train_dataset if dataset is None else dataset
         if not hasattr(self, "_curriculum_sampler"):
             self._curriculum_sampler = CurriculumSampler(
-                self.curriculum,
+                self.objective.curriculum,
                 n_prompts=len(dataset),
                 mini_repeat_count=self.num_generations,
                 batch_size=self.args.generation_batch_size // self.num_generations,
@@ -246,224 +256,147 @@ class DivergenceGRPOTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._rewards_per_func = rewards_per_func
+        if self._context is not None:
+            self._context.rewards_per_func = rewards_per_func
         return rewards_per_func
 
-    def total_rewards(self) -> Tensor:
-        """[N] total reward of the last scored batch, all processes (TRL's weighted sum; NaN where unscorable)."""
-        per_func = self._rewards_per_func
-        rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
-        return rewards.masked_fill(torch.isnan(per_func).all(dim=1), float("nan"))
-
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        objective, requirements = self.objective, self.objective.requirements
+        training = self.model.training
+        mode = "train" if training else "eval"
         skip = False
-        if self.curriculum is not None and self.curriculum.kind == "filter" and self.model.training:
-            inputs, skip = greedy_filter(self, inputs)
-        with self._attribute_as("beta", 1.0 if self._rollout_ref_logps else 0.0):
+        if requirements.greedy_filter and training:
+            inputs, skip, metrics = greedy_filter(
+                self, inputs, objective.curriculum, objective.correct_reward_threshold
+            )
+            self._log(mode, metrics)
+        with self._call(CallContext()) as context, self._trl_reads(beta=1.0 if requirements.ref_logps else 0.0):
             output = super()._generate_and_score_completions(inputs)
         if skip:
             output["advantages"] = torch.zeros_like(output["advantages"])
-        if self._rollout_ref_hidden:
+        if requirements.ref_hidden:
             output["ref_hidden_states"] = self._reference_hidden_states(output)
-        if needs_rollout_statistics(self):
-            apply_rollout_methods(self, output, inputs)
+        if requirements.rollout_statistics:
+            rewards = total_rewards(self, context.rewards_per_func)
+            old_logps, statistics = output.get("old_per_token_logps"), {}
+            spec = objective.rollout_request(has_old_logps=old_logps is not None)
+            if spec is not None:
+                rollout_logps, statistics = self._rollout_policy_pass(output, spec)
+                old_logps = rollout_logps if old_logps is None else old_logps
+            x = rollout_inputs(self, output, inputs, rewards, old_logps, statistics, requirements.prompt_index)
+            result = objective.rollout_step(
+                x, step=self.state.global_step, max_steps=self.state.max_steps, training=training
+            )
+            write_rollout_outputs(self, output, result)
+            self._log(mode, result.metrics)
         return output
 
+    def _rollout_policy_pass(self, output: dict[str, Any], spec: VocabularyRequest) -> tuple[Tensor, dict[str, Tensor]]:
+        """One no-grad forward of the rollout policy π_old over the batch, through TRL's fused path (so the log-probs
+        are TRL's): (per-token log-probs [B, C], the requested statistics)."""
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        n_completion = output["completion_ids"].size(1)
+        request = self._forward_request(spec, n_completion, None)
+        with self._call(CallContext(request=request)), torch.no_grad():
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, input_ids, attention_mask, n_completion, batch_size=self.args.per_device_train_batch_size
+            )
+        return logps, request.all_results()
+
+    # ---- TRL overrides: loss --------------------------------------------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model, *args: Any, **kwargs: Any):
         result = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
-        if self._captured_logps is None and self._capturing:
-            self._captured_logps = result[0]
+        context = self._context
+        if context is not None and context.inputs is not None and context.logps is None:
+            context.logps = result[0]
         return result
 
     def get_high_entropy_mask(self, entropies: Tensor, mask: Tensor, threshold: float) -> Tensor:
-        """Outside our loss, TRL's. Inside it, TRL's own mask (when ``top_entropy_quantile < 1``) AND the configured
-        token masks AND Lp-Reg's complement of its selected tokens."""
-        state = getattr(self, "_mask_state", None)
-        if state is None:
-            return super().get_high_entropy_mask(entropies, mask, threshold)
+        """Outside our loss, TRL's. Inside it, TRL's own mask (when ``top_entropy_quantile < 1``) AND the objective's
+        policy-gradient keep mask."""
+        context = vars(self).get("_context")
+        if not isinstance(context, CallContext) or context.inputs is None:
+            return GRPOTrainer.get_high_entropy_mask(self, entropies, mask, threshold)
         keep = mask.bool()
         if self.args.top_entropy_quantile < 1.0:
-            keep = super().get_high_entropy_mask(entropies, mask, 1.0 - self.args.top_entropy_quantile)
-        batch = self._token_batch(state["inputs"], entropies, mask)
-        if self.token_masks:
-            ours, state["aux_loss"], state["outputs"] = compose_token_masks(self.token_masks, batch)
-            keep = keep & ours
-        if self.divergence.name == "lp_reg":
-            state["selected"] = self.divergence.select(
-                batch.logps, batch.proxy_logps, batch.advantages, mask, self.gather_values
-            )
-            keep = keep & ~state["selected"]
-        return keep
+            keep = GRPOTrainer.get_high_entropy_mask(self, entropies, mask, 1.0 - self.args.top_entropy_quantile)
+        context.terms = self.objective.token_terms(self._token_inputs(context, entropies), penalty=not self._stock_kl)
+        return keep if context.terms.pg_keep is None else keep & context.terms.pg_keep
 
-    def _token_batch(self, inputs: dict[str, Any], entropies: Tensor, mask: Tensor) -> TokenBatch:
-        request = self._forward_request
-        correct = inputs.get("correct")
-        return TokenBatch(
+    def _token_inputs(self, context: CallContext, entropies: Tensor | None) -> TokenInputs:
+        inputs, logps = context.inputs, context.logps
+        mask = completion_tokens(inputs)
+        weight = None
+        sampled_penalty = self.objective.requirements.penalty and self.objective.estimator != FULL
+        if sampled_penalty and not self._stock_kl and self.args.use_bias_correction_kl:
+            weight = importance_weight(logps, inputs.get("old_per_token_logps"), mask, self.importance_sampling_level)
+        return TokenInputs(
             mask=mask,
-            logps=self._captured_logps,
+            logps=logps,
             entropies=entropies,
             advantages=inputs["advantages"],
-            correct=None if correct is None else correct.bool(),
-            topp_entropy=None if request is None else request.get("topp_entropy"),
-            reverse_kl=None if request is None else request.get("reverse_kl"),
+            old_logps=inputs.get("old_per_token_logps"),
+            ref_logps=inputs.get("ref_per_token_logps"),
+            correct=inputs.get("correct"),
             proxy_logps=inputs.get("proxy_per_token_logps"),
+            divergence_weight=inputs.get("divergence_weight"),
+            importance_weight=weight,
+            vocabulary={} if context.request is None else context.request.all_results(),
             vocab_size=self._vocab_size,
-            gather=self.gather_values,
-        )
-
-    def _loss_request(self, inputs: dict[str, Any]) -> ForwardRequest | None:
-        """What the loss forward must compute over the vocabulary (None: nothing beyond TRL's log-probs/entropy)."""
-        exact = {}
-        if self._active and self.args.divergence_estimator == FULL:
-            exact["divergence"] = self._divergence_now
-        if any(m.needs_reference for m in self.token_masks):
-            exact["reverse_kl"] = get_divergence("reverse_kl")
-        siren = nucleus_mask(self)
-        if not exact and siren is None:
-            return None
-        ref_weight = ref_bias = None
-        if exact:
-            ref_weight, ref_bias = lm_head_weight(self._reference_backbone_and_head()[2])
-        return ForwardRequest(
-            n_completion=inputs["completion_ids"].size(1),
-            temperature=self.temperature,
-            cast_fp32=self.args.cast_lm_head_to_fp32,
-            exact=exact,
-            ref_hidden=inputs.get("ref_hidden_states"),
-            ref_weight=None if ref_weight is None else ref_weight.detach(),
-            ref_bias=None if ref_bias is None else ref_bias.detach(),
-            top_p=None if siren is None else siren.top_p,
-            top_k=10000 if siren is None else siren.top_k,
+            gather=lambda values: gather_values(self, values),
+            reduce_sum=lambda values: reduce_sum(self, values),
         )
 
     def _compute_loss(self, model, inputs: dict[str, Any]) -> Tensor:
+        objective, requirements = self.objective, self.objective.requirements
         mode = "train" if self.model.training else "eval"
-        uses_masks = bool(self.token_masks) or self.divergence.name == "lp_reg"
-        self._captured_logps, self._capturing = None, True
-        self._forward_request = self._loss_request(inputs)
-        self._mask_state = {"inputs": inputs} if uses_masks else None
-        try:
-            with (
-                self._attribute_as("beta", self.beta if self._stock_kl else 0.0),
-                self._attribute_as("top_entropy_quantile", 0.5 if uses_masks else self.top_entropy_quantile),
-            ):
-                loss = super()._compute_loss(model, inputs)
-            per_token_logps, request, state = self._captured_logps, self._forward_request, self._mask_state
-        finally:
-            self._capturing, self._captured_logps, self._forward_request, self._mask_state = False, None, None, None
-
-        mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            mask = mask * inputs["tool_mask"]
-        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        if state is not None:
-            self._log_masks(mode, state, mask)
-            if state.get("aux_loss") is not None:
-                loss = loss + state["aux_loss"].to(loss.dtype) / accumulation
-        if self.divergence.name == "lp_reg":
-            loss = loss + self._lp_reg_loss(mode, per_token_logps, inputs, state, mask)
-        elif self._active:
-            loss = loss + self._divergence_penalty(mode, per_token_logps, request, inputs, mask, loss.dtype)
-        elif self.divergence_coef != 0.0:
-            self._log_divergence(mode, self._metrics[mode]["kl"][-1], log_kl=False)
-        if self._rehearsal is not None and self.model.training:
-            loss = loss + self._rehearsal.term(self, model, inputs)
-        return loss
-
-    # ---- the divergence penalty ---------------------------------------------------------------------------------
-    def _divergence_penalty(self, mode, per_token_logps, request, inputs, mask, dtype) -> Tensor:
-        """coef × the loss-type aggregate of the chosen per-token divergence (× DADS's per-rollout weights)."""
-        div = self._divergence_now
-        if self.args.divergence_estimator == FULL:
-            per_token_div = request.result("divergence")
-        else:
-            weight = (
-                self._importance_weights(per_token_logps, inputs, mask) if self.args.use_bias_correction_kl else None
-            )
-            per_token_div = div.sampled(
-                per_token_logps, inputs["ref_per_token_logps"], self.args.divergence_estimator, importance_weight=weight
-            )
-        per_token_div = per_token_div.to(dtype)
-        weighted = per_token_div
-        if "divergence_weight" in inputs:
-            weighted = per_token_div * inputs["divergence_weight"].to(dtype).unsqueeze(-1)
-        self._log_divergence(mode, self._global_masked_mean(per_token_div.detach(), mask), log_kl=True)
-        return self._coef_now * trl_loss_normalize(self, weighted, mask, inputs)
-
-    def _lp_reg_loss(self, mode, per_token_logps, inputs, state, mask) -> Tensor:
-        """Lp-Reg: on its selected tokens (removed from TRL's clipped term by the mask) the unclipped −A·ratio plus
-        coef × the clamped k3 toward the proxy, aggregated like TRL's loss."""
-        old = inputs.get("old_per_token_logps")
-        old = per_token_logps.detach() if old is None else old
-        selected = state["selected"]
-        per_token, k3 = self.divergence.selected_token_loss(
-            per_token_logps, old, inputs["proxy_per_token_logps"], inputs["advantages"], selected, self._coef_now
+        request = self._forward_request(
+            objective.loss_request(), inputs["completion_ids"].size(1), inputs.get("ref_hidden_states")
         )
-        chosen = selected.to(k3.dtype)
-        self._log_divergence(mode, self._global_masked_mean(k3.detach(), chosen), log_kl=True)
-        self._metrics[mode]["divergence/lp_reg/selected_fraction"].append(self._global_masked_mean(chosen, mask))
-        return trl_loss_normalize(self, per_token.to(per_token_logps.dtype), mask, inputs)
-
-    def _log_masks(self, mode: str, state: dict[str, Any], mask: Tensor) -> None:
-        """``mask/<name>/kept_fraction`` (policy-gradient tokens kept, over all processes) and each mask's metrics."""
-        metrics = self._metrics[mode]
-        for name, out in state.get("outputs", {}).items():
-            metrics[f"mask/{name}/kept_fraction"].append(self._global_masked_mean(out.keep.to(mask.dtype), mask))
-            for key, value in out.metrics.items():
-                metrics[f"mask/{name}/{key}"].append(value)
-
-    # ---- pieces mirroring TRL's loss (kept identical; the parity tests compare against TRL) -----------------------
-    def _importance_weights(self, per_token_logps: Tensor, inputs: dict[str, Any], mask: Tensor) -> Tensor:
-        """TRL's ``coef_1`` = π/π_old at token or sequence level (``importance_sampling_level``)."""
-        old = inputs.get("old_per_token_logps")
-        old = per_token_logps.detach() if old is None else old
-        log_ratio = per_token_logps - old
-        if self.importance_sampling_level == "sequence":
-            log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
-        return torch.exp(log_ratio)
-
-    def _global_masked_mean(self, x: Tensor, mask: Tensor) -> float:
-        totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().to(x.dtype)]), reduction="sum")
-        return (totals[0] / totals[1].clamp(min=1.0)).item()
-
-    def _log_divergence(self, mode: str, value: float, log_kl: bool) -> None:
-        """TRL's ``kl`` key (kept for dashboards) plus ``divergence/<name>``, its estimator, and the coefficient."""
-        metrics = self._metrics[mode]
-        name = self._divergence_now.name
-        if log_kl:
-            metrics["kl"].append(value)
-        metrics[f"divergence/{name}"].append(value)
-        metrics[f"divergence/{name}/{self.args.divergence_estimator}"].append(value)
-        metrics["divergence/coef"].append(self._coef_now)
+        selection = requirements.token_selection
+        with (
+            self._call(CallContext(request=request, inputs=inputs)) as context,
+            self._trl_reads(
+                beta=self.beta if self._stock_kl else 0.0,
+                top_entropy_quantile=0.5 if selection else self.top_entropy_quantile,
+            ),
+        ):
+            loss = super()._compute_loss(model, inputs)
+            terms = context.terms or objective.token_terms(
+                self._token_inputs(context, None), penalty=not self._stock_kl
+            )
+        if terms.aux_loss is not None:
+            accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            loss = loss + terms.aux_loss.to(loss.dtype) / accumulation
+        per_token = terms.per_token
+        if per_token is not None:
+            loss = loss + trl_loss_normalize(self, per_token.to(loss.dtype), completion_tokens(inputs), inputs)
+        if terms.divergence_value is not None:
+            self._metrics[mode]["kl"].append(terms.divergence_value)
+        elif self._stock_kl and self.beta != 0.0:
+            terms.metrics.update(objective.divergence_metrics(self._metrics[mode]["kl"][-1]))
+        self._log(mode, terms.metrics)
+        if self._rehearsal is not None and self.model.training:
+            rehearsal, metrics = self._rehearsal.term(self, model, inputs)
+            loss = loss + rehearsal
+            self._log(mode, metrics)
+        return loss
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     def methods_state_dict(self) -> dict[str, Any]:
         """State of every stateful method (curriculum sampler, masks, reweighting, schedule, scheduled values)."""
         sampler = getattr(self, "_curriculum_sampler", None)
-        return {
-            "curriculum": None if self.curriculum is None else self.curriculum.state_dict(),
-            "sampler": None if sampler is None else sampler.state_dict(),
-            "token_masks": {m.name: m.state_dict() for m in self.token_masks},
-            "reweighting": None if self.reweighting is None else self.reweighting.state_dict(),
-            "schedule": None if self.schedule is None else self.schedule.state_dict(),
-            "coef_now": self._coef_now,
-            "divergence_now": self._divergence_now.name,
-        }
+        return {**self.objective.state_dict(), "sampler": None if sampler is None else sampler.state_dict()}
 
     def load_methods_state_dict(self, state: dict[str, Any]) -> None:
         sampler = getattr(self, "_curriculum_sampler", None)
-        if state["sampler"] is not None and sampler is not None:
-            sampler.load_state_dict(state["sampler"])
-        elif state["curriculum"] is not None:
-            self.curriculum.load_state_dict(state["curriculum"])
-        for mask in self.token_masks:
-            mask.load_state_dict(state["token_masks"][mask.name])
-        if self.reweighting is not None:
-            self.reweighting.load_state_dict(state["reweighting"])
-        if self.schedule is not None:
-            self.schedule.load_state_dict(state["schedule"])
-        self._coef_now = state["coef_now"]
-        self._divergence_now = self._scheduled_divergence(state["divergence_now"])
+        state = dict(state)
+        sampler_state = state.pop("sampler")
+        if sampler_state is not None and sampler is not None:
+            sampler.load_state_dict(sampler_state)  # holds the curriculum's state too
+            state["curriculum"] = None
+        self.objective.load_state_dict(state)
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)

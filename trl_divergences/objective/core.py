@@ -1,0 +1,495 @@
+"""The objective: the configured divergence (+ estimator and coefficient schedule), token masks, advantage
+reweighting, curriculum and rehearsal loss composed into one per-token objective, framework-agnostic.
+
+With π the policy, π_old the rollout policy, ρ the reference, A the advantages and keep the token masks' AND, an
+adapter minimises, per micro-batch and with its framework's token normaliser ``agg``:
+
+    agg[ keep · PG(π, π_old, A') ] + agg[ β_t · w_i · D_t ] + agg[ replaced_t ] + aux
+
+where A' are the reweighted advantages, β_t the coefficient in force (schedule), w_i the per-rollout divergence
+weight (DADS), D_t the per-token divergence (a sampled estimator or the exact value over the vocabulary),
+``replaced_t`` the policy-gradient term of the tokens a divergence selects itself (Lp-Reg; those tokens leave
+``keep``), and ``aux`` the masks' auxiliary losses (SIREN, EKSFT). The framework's own PG term is untouched.
+
+Methods are never recognised by name: each declares capabilities (a mask's ``requires`` / ``rollout_requires`` /
+``top_p`` / ``min_p``, a divergence's ``needs_reference`` / ``replaces_policy_gradient`` / ``proxy_min_p``, a
+reweighting's ``requires`` / ``needs_reference`` / ``reweights_divergence`` / ``drops_rollouts``, a curriculum's
+``kind``, a schedule's ``needs_accuracy`` / ``divergences``), and the objective derives what to compute from them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..curricula import CURRICULA, SCHEDULES, Curriculum, Schedule
+from ..divergences import Divergence, get_divergence
+from ..groups import ReduceSum, group_mean
+from ..masks import TOKEN_MASKS, TokenBatch, TokenMask, compose_token_masks
+from ..numerics import compute_dtype
+from ..rehearsal.loss import RehearsalLoss, build_rehearsal_loss
+from ..reweighting import ADVANTAGE_REWEIGHTINGS, AdvantageReweighting, Rollouts
+from .batches import RolloutInputs, RolloutOutputs, TokenInputs, TokenTerms
+from .requirements import FULL, Requirements, VocabularyRequest
+
+#: the keyword-argument dicts of the method catalog, by the config field name both adapters use
+KWARGS_FIELDS = (
+    "divergence_kwargs",
+    "token_mask_kwargs",
+    "reweighting_kwargs",
+    "curriculum_kwargs",
+    "schedule_kwargs",
+    "rehearsal_kwargs",
+)
+
+
+def kwargs_dict(field_name: str, value: Any) -> dict:
+    """A method's kwargs dict (None -> {}); anything else than a dict raises naming the field."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{field_name} must be a dict, got {type(value).__name__}")
+    return value
+
+
+def check_estimator(div: Divergence, estimator: str) -> None:
+    """``estimator`` must be one of ``div``'s sampled estimators, or ``full`` where the divergence has an exact form."""
+    valid = (*div.estimators, FULL) if div.supports_full else div.estimators
+    if estimator not in valid:
+        raise ValueError(
+            f"divergence_estimator {estimator!r} is not supported by divergence {div.name!r}; valid: {', '.join(valid)}"
+        )
+
+
+def importance_weight(logps: Tensor, old_logps: Tensor | None, mask: Tensor, level: str = "token") -> Tensor:
+    """π/π_old with its graph: per token [B, T], or per sequence [B, 1] as exp of the masked mean log-ratio
+    (``level="sequence"``, GSPO's). ``old_logps`` None: on-policy (π_old = π detached: value 1, gradient ∇log π)."""
+    old = logps.detach() if old_logps is None else old_logps
+    log_ratio = logps - old
+    if level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    elif level != "token":
+        raise ValueError(f"importance-sampling level must be 'token' or 'sequence', got {level!r}")
+    return torch.exp(log_ratio)
+
+
+def masked_mean(values: Tensor, mask: Tensor, reduce_sum: ReduceSum | None = None) -> float:
+    """Σ values·mask / Σ mask over every process (``reduce_sum``), 0 for an empty mask."""
+    v = values.detach()
+    m = mask.to(compute_dtype(v.dtype))
+    totals = torch.stack([(v.to(m.dtype) * m).sum(), m.sum()])
+    if reduce_sum is not None:
+        totals = reduce_sum(totals)
+    return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+
+def _build_optional(registry, name: str | None, kwargs: dict, field_name: str):
+    """``registry.build(name, **kwargs)``, or None for no method (then ``kwargs`` must be empty)."""
+    if name is None:
+        if kwargs:
+            raise ValueError(f"{field_name} given without a method to apply them to: {kwargs!r}")
+        return None
+    return registry.build(name, **kwargs)
+
+
+def build_token_masks(names: Sequence[str], kwargs: dict[str, dict]) -> list[TokenMask]:
+    """The configured token masks, in order (unknown names, duplicates or stray kwargs raise ``ValueError``)."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f"token_masks must be a list of names, got {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"token_masks lists a mask twice: {list(names)!r}")
+    stray = sorted(set(kwargs) - set(names))
+    if stray:
+        raise ValueError(f"token_mask_kwargs has entries for masks not in token_masks: {stray}")
+    return [TOKEN_MASKS.build(name, **kwargs_dict(f"token_mask_kwargs[{name!r}]", kwargs.get(name))) for name in names]
+
+
+class Objective:
+    """The composed objective of one configuration; see the module docstring.
+
+    Args (the config field names both adapters use):
+        divergence, divergence_estimator, divergence_kwargs: the penalty D and how it is estimated per token.
+        coef: its coefficient β (TRL's ``beta``; 0 switches the penalty off).
+        token_masks, token_mask_kwargs: masks of the policy-gradient term, composed by AND.
+        advantage_reweighting, reweighting_kwargs; curriculum, curriculum_kwargs; coefficient_schedule,
+            schedule_kwargs: one method each, or None.
+        correct_reward_threshold: a rollout is correct when its total reward is ≥ this.
+        rehearsal_divergence, rehearsal_kwargs, rehearsal_coef: the rehearsal loss on stored reference samples
+            (built always, so its kwargs are validated; used when the adapter has a store).
+
+    Every name and kwarg is validated here, with the messages both adapters show.
+    """
+
+    def __init__(
+        self,
+        *,
+        divergence: str = "reverse_kl",
+        divergence_estimator: str = "k3",
+        divergence_kwargs: dict | None = None,
+        coef: float = 0.0,
+        token_masks: Sequence[str] = (),
+        token_mask_kwargs: dict | None = None,
+        advantage_reweighting: str | None = None,
+        reweighting_kwargs: dict | None = None,
+        curriculum: str | None = None,
+        curriculum_kwargs: dict | None = None,
+        coefficient_schedule: str | None = None,
+        schedule_kwargs: dict | None = None,
+        correct_reward_threshold: float = 1.0,
+        rehearsal_divergence: str = "forward_kl",
+        rehearsal_kwargs: dict | None = None,
+        rehearsal_coef: float = 0.01,
+    ) -> None:
+        self.divergence_kwargs = kwargs_dict("divergence_kwargs", divergence_kwargs)
+        self.divergence = get_divergence(divergence, **self.divergence_kwargs)
+        self.estimator = divergence_estimator
+        check_estimator(self.divergence, divergence_estimator)
+        if not (isinstance(coef, (int, float)) and not isinstance(coef, bool) and math.isfinite(coef)):
+            raise ValueError(f"beta (the divergence coefficient) must be a finite number, got {coef!r}")
+        self.coef = float(coef)
+        self.token_masks = build_token_masks(token_masks, kwargs_dict("token_mask_kwargs", token_mask_kwargs))
+        self.reweighting: AdvantageReweighting | None = _build_optional(
+            ADVANTAGE_REWEIGHTINGS,
+            advantage_reweighting,
+            kwargs_dict("reweighting_kwargs", reweighting_kwargs),
+            "reweighting_kwargs",
+        )
+        self.curriculum: Curriculum | None = _build_optional(
+            CURRICULA, curriculum, kwargs_dict("curriculum_kwargs", curriculum_kwargs), "curriculum_kwargs"
+        )
+        self.schedule: Schedule | None = _build_optional(
+            SCHEDULES, coefficient_schedule, kwargs_dict("schedule_kwargs", schedule_kwargs), "schedule_kwargs"
+        )
+        if not (isinstance(correct_reward_threshold, (int, float)) and math.isfinite(correct_reward_threshold)):
+            raise ValueError(f"correct_reward_threshold must be a finite number, got {correct_reward_threshold!r}")
+        self.correct_reward_threshold = float(correct_reward_threshold)
+        self.rehearsal_loss: RehearsalLoss = build_rehearsal_loss(
+            rehearsal_divergence, **kwargs_dict("rehearsal_kwargs", rehearsal_kwargs)
+        )
+        if not (isinstance(rehearsal_coef, (int, float)) and rehearsal_coef >= 0):
+            raise ValueError(f"rehearsal_coef must be a non-negative number, got {rehearsal_coef!r}")
+        self.rehearsal_coef = float(rehearsal_coef)
+        self._validate()
+        self._divergences = {self.divergence.name: self.divergence}
+        #: the exact KL(π‖ρ) masks read (EKSFT), at its defaults
+        self._mask_kl = get_divergence("reverse_kl")
+        self.coef_now = self.coef
+        self.divergence_now = self.divergence
+        self.requirements = self._requirements()
+
+    # ---- construction -------------------------------------------------------------------------------------------
+    def _validate(self) -> None:
+        """Conflicts between methods (each method checked its own kwargs when it was built)."""
+        min_ps = {m.min_p for m in self.token_masks if m.min_p is not None}
+        if self.divergence.proxy_min_p is not None:
+            min_ps.add(self.divergence.proxy_min_p)
+        if len(min_ps) > 1:
+            raise ValueError(
+                f"the min-p proxy is shared: lp_reg's and low_probability's kappa must agree, got {sorted(min_ps)}"
+            )
+        if sum(m.top_p is not None for m in self.token_masks) > 1:
+            raise ValueError("only one token mask may use the top-p nucleus statistics")
+        if self.schedule is not None and self.schedule.divergences:
+            if self.divergence.name not in self.schedule.divergences:
+                raise ValueError(
+                    f"coefficient_schedule {self.schedule.name!r} switches between "
+                    f"{', '.join(self.schedule.divergences)}; divergence {self.divergence.name!r} conflicts with it"
+                )
+            for name in self.schedule.divergences:
+                check_estimator(get_divergence(name, **self.divergence_kwargs), self.estimator)
+
+    def _requirements(self) -> Requirements:
+        div, masks, rw = self.divergence, self.token_masks, self.reweighting
+        penalty = self.coef != 0.0 and not div.replaces_policy_gradient
+        divergence_to_reference = self.coef != 0.0 and div.needs_reference
+        exact = penalty and self.estimator == FULL
+        mask_reference = any(m.needs_reference for m in masks)
+        rw_reference = rw is not None and rw.needs_reference
+        curriculum = self.curriculum
+        vocabulary = (
+            exact
+            or mask_reference
+            or any(m.top_p is not None or m.min_p is not None for m in masks)
+            or div.proxy_min_p is not None
+        )
+        whole = [m.name for m in (rw,) if m is not None and m.whole_groups_per_process]
+        if curriculum is not None and curriculum.kind == "filter":
+            whole.append(curriculum.name)
+        return Requirements(
+            reference_model=divergence_to_reference or rw_reference or mask_reference,
+            ref_logps=(divergence_to_reference and self.estimator != FULL) or rw_reference,
+            ref_hidden=exact or mask_reference,
+            vocabulary=vocabulary,
+            rollout_statistics=bool(
+                masks
+                or rw is not None
+                or curriculum is not None
+                or self.schedule is not None
+                or div.proxy_min_p is not None
+            ),
+            token_selection=bool(masks) or div.replaces_policy_gradient,
+            penalty=penalty,
+            prompt_index=curriculum is not None and curriculum.kind == "sampler",
+            greedy_filter=curriculum is not None and curriculum.kind == "filter",
+            whole_groups=tuple(whole),
+            drops_rollouts=(rw.name,) if rw is not None and rw.drops_rollouts else (),
+        )
+
+    @property
+    def plain_reverse_k3(self) -> bool:
+        """The penalty is reverse KL by k3 at a constant coefficient, equal for every rollout: what TRL's and verl's
+        built-in ``low_var_kl`` compute, so an adapter may leave it to the framework."""
+        rw = self.reweighting
+        return (
+            self.divergence.name == "reverse_kl"
+            and self.estimator == "k3"
+            and self.schedule is None
+            and not (rw is not None and rw.reweights_divergence)
+        )
+
+    def check_whole_groups(self, rows_per_process: int, group_size: int, rows: str, group: str) -> None:
+        """Methods that need every prompt's rollouts on one process: ``rows_per_process`` (described as ``rows``) must
+        be a multiple of ``group_size`` (``group``)."""
+        if self.requirements.whole_groups and rows_per_process % group_size:
+            raise ValueError(
+                f"{', '.join(self.requirements.whole_groups)} needs every prompt's {group_size} rollouts on one "
+                f"process: {rows} ({rows_per_process}) must be a multiple of {group} ({group_size})"
+            )
+
+    def check_token_count_normaliser(self, field: str, value: str, token_count: Sequence[str]) -> None:
+        """Methods that drop rollouts from the token mean need a normaliser that counts tokens (``token_count``)."""
+        if self.requirements.drops_rollouts and value not in token_count:
+            raise ValueError(
+                f"advantage_reweighting {self.reweighting!r} drops rollouts from the token mean: {field} must be one "
+                f"of {tuple(token_count)}, got {value!r}"
+            )
+
+    # ---- what a forward computes over the vocabulary ---------------------------------------------------------
+    def _nucleus_mask(self) -> TokenMask | None:
+        return next((m for m in self.token_masks if m.top_p is not None), None)
+
+    @property
+    def min_p(self) -> float | None:
+        """κ of the shared min-p proxy (a divergence's or a mask's), or None."""
+        if self.divergence.proxy_min_p is not None:
+            return self.divergence.proxy_min_p
+        return next((m.min_p for m in self.token_masks if m.min_p is not None), None)
+
+    def rollout_request(self, has_old_logps: bool) -> VocabularyRequest | None:
+        """What one no-grad pass of the rollout policy over the generation batch must compute (its log-probs are
+        π_old), or None when no pass is needed. ``has_old_logps``: the framework already has π_old's log-probs."""
+        anchors = {f for m in self.token_masks for f in m.rollout_requires}
+        nucleus = self._nucleus_mask() if "topp_entropy" in anchors else None
+        rw = self.reweighting
+        penultimate = rw is not None and "hidden" in rw.requires
+        old_logps = rw is not None and "seq_log_ratio" in rw.requires and not has_old_logps
+        if self.min_p is None and nucleus is None and not penultimate and not old_logps:
+            return None
+        return VocabularyRequest(
+            top_p=None if nucleus is None else nucleus.top_p,
+            top_k=10000 if nucleus is None else nucleus.top_k,
+            min_p=self.min_p,
+            penultimate=penultimate,
+        )
+
+    def loss_request(self) -> VocabularyRequest | None:
+        """What the loss forward must compute over the vocabulary this step (the divergence in force may change
+        with a schedule), or None."""
+        exact: dict[str, Divergence] = {}
+        if self.requirements.penalty and self.estimator == FULL:
+            exact["divergence"] = self.divergence_now
+        if any(m.needs_reference for m in self.token_masks):
+            exact["reverse_kl"] = self._mask_kl
+        nucleus = self._nucleus_mask()
+        if not exact and nucleus is None:
+            return None
+        return VocabularyRequest(
+            exact=exact, top_p=None if nucleus is None else nucleus.top_p, top_k=getattr(nucleus, "top_k", 10000)
+        )
+
+    def _divergence(self, name: str) -> Divergence:
+        """The configured divergence or one a schedule switches to (built once, with the configured kwargs)."""
+        if name not in self._divergences:
+            self._divergences[name] = get_divergence(name, **self.divergence_kwargs)
+        return self._divergences[name]
+
+    # ---- once per generation batch ---------------------------------------------------------------------------
+    def rollout_step(self, x: RolloutInputs, *, step: int, max_steps: int, training: bool) -> RolloutOutputs:
+        """Correctness, mask anchors, the reweighted advantages and per-rollout weights of one generation batch;
+        in training also the curriculum's pass-rate update and the coefficient / divergence in force."""
+        correct = torch.nan_to_num(x.rewards, nan=float("-inf")) >= self.correct_reward_threshold
+        mask = x.completion_mask
+        reduce_sum = x.reduce_sum or _identity
+        for m in self.token_masks:
+            if m.rollout_requires:
+                m.observe_rollouts(dict(x.statistics), mask, reduce_sum)
+        out = RolloutOutputs(
+            advantages=x.advantages[x.local],
+            correct=correct[x.local],
+            proxy_logps=x.statistics.get("proxy_logp") if self.min_p is not None else None,
+        )
+        if self.reweighting is not None:
+            self._reweight(x, correct, out)
+        if training:
+            if self.requirements.prompt_index:
+                out.metrics.update(self._update_curriculum(x, correct))
+            if self.schedule is not None:
+                accuracy = correct.float().mean().item() if self.schedule.needs_accuracy else None
+                multiplier, name = self.schedule(step, max_steps, accuracy)
+                self.coef_now = self.coef * multiplier
+                if name is not None and name != self.divergence_now.name:
+                    self.divergence_now = self._divergence(name)
+        return out
+
+    def _reweight(self, x: RolloutInputs, correct: Tensor, out: RolloutOutputs) -> None:
+        rw = self.reweighting
+        gather = x.gather or _identity
+        mask = x.completion_mask
+        seq_log_ratio = None
+        if "seq_log_ratio" in rw.requires:
+            if x.old_logps is None or x.ref_logps is None:
+                raise ValueError(f"{rw.name} needs π_old's and ρ's log-probs of the sampled tokens")
+            seq_log_ratio = gather(((x.old_logps - x.ref_logps) * mask).sum(-1).float())
+        hidden = x.statistics.get("penultimate") if "hidden" in rw.requires else None
+        result = rw(
+            Rollouts(
+                rewards=x.rewards,
+                advantages=x.advantages,
+                group_ids=x.group_ids,
+                correct=correct,
+                lengths=gather(mask.sum(-1).float()),
+                local=x.local,
+                seq_log_ratio=seq_log_ratio,
+                completion_mask=mask,
+                hidden=hidden,
+            )
+        )
+        out.advantages = result.advantages.to(x.advantages.dtype)
+        out.divergence_weight, out.keep = result.divergence_weight, result.keep
+        out.metrics.update({f"reweighting/{rw.name}/{k}": v for k, v in result.metrics.items()})
+
+    def _update_curriculum(self, x: RolloutInputs, correct: Tensor) -> dict[str, float]:
+        """Fold each group's pass rate into the curriculum's table, groups in order of first appearance."""
+        if x.prompt_indices is None:
+            raise ValueError(f"curriculum {self.curriculum.name!r} needs each rollout's prompt index")
+        group_ids = x.group_ids.cpu()
+        pass_rates = group_mean(correct.double().cpu(), group_ids)
+        _, inverse = torch.unique(group_ids, return_inverse=True)
+        rows = torch.arange(group_ids.numel())
+        first = torch.full((int(inverse.max()) + 1,), group_ids.numel()).scatter_reduce(0, inverse, rows, "amin")
+        first = first.sort().values
+        self.curriculum.update(x.prompt_indices.cpu()[first], pass_rates[first])
+        weights = self.curriculum.weights()
+        probs = weights / weights.sum()
+        prefix = f"curriculum/{self.curriculum.name}"
+        return {
+            f"{prefix}/batch_pass_rate": pass_rates.mean().item(),
+            f"{prefix}/mean_pass_rate_estimate": self.curriculum.pass_rates.mean().item(),
+            f"{prefix}/effective_prompts": (1.0 / (probs**2).sum()).item(),
+        }
+
+    # ---- once per loss micro-batch -----------------------------------------------------------------------------
+    def divergence_metrics(self, value: float) -> dict[str, float]:
+        """``divergence/<name>`` and ``divergence/<name>/<estimator>`` (the active divergence's mean value) and
+        ``divergence/coef`` (the coefficient in force)."""
+        name = self.divergence_now.name
+        return {
+            f"divergence/{name}": value,
+            f"divergence/{name}/{self.estimator}": value,
+            "divergence/coef": self.coef_now,
+        }
+
+    def token_terms(self, x: TokenInputs, penalty: bool = True) -> TokenTerms:
+        """The per-token terms of one micro-batch. ``penalty=False``: the framework computes the (plain reverse-KL
+        k3) penalty itself, leave it out."""
+        reduce_sum = x.reduce_sum
+        terms = TokenTerms()
+        if self.token_masks:
+            batch = TokenBatch(
+                mask=x.mask,
+                logps=x.logps,
+                entropies=x.entropies,
+                advantages=x.advantages,
+                correct=None if x.correct is None else x.correct.bool(),
+                topp_entropy=x.vocabulary.get("topp_entropy"),
+                reverse_kl=x.vocabulary.get("reverse_kl"),
+                proxy_logps=x.proxy_logps,
+                vocab_size=x.vocab_size,
+                gather=x.gather,
+            )
+            terms.pg_keep, terms.aux_loss, outputs = compose_token_masks(self.token_masks, batch)
+            for name, out in outputs.items():
+                terms.metrics[f"mask/{name}/kept_fraction"] = masked_mean(out.keep, x.mask, reduce_sum)
+                terms.metrics.update({f"mask/{name}/{key}": value for key, value in out.metrics.items()})
+        div = self.divergence_now
+        if div.replaces_policy_gradient:
+            selected = div.select(x.logps, x.proxy_logps, x.advantages, x.mask, x.gather)
+            keep = x.mask.bool() if terms.pg_keep is None else terms.pg_keep
+            terms.pg_keep = keep & ~selected
+            old = x.logps.detach() if x.old_logps is None else x.old_logps
+            replaced, k3 = div.selected_token_loss(x.logps, old, x.proxy_logps, x.advantages, selected, self.coef_now)
+            terms.replaced_pg = replaced.to(x.logps.dtype)
+            terms.divergence_value = masked_mean(k3, selected, reduce_sum)
+            terms.metrics.update(self.divergence_metrics(terms.divergence_value))
+            terms.metrics[f"divergence/{div.name}/selected_fraction"] = masked_mean(selected, x.mask, reduce_sum)
+        elif penalty and self.requirements.penalty:
+            if self.estimator == FULL:
+                per_token = x.vocabulary["divergence"]
+            else:
+                per_token = div.sampled(x.logps, x.ref_logps, self.estimator, importance_weight=x.importance_weight)
+            per_token = per_token.to(x.logps.dtype)
+            weighted = per_token
+            if x.divergence_weight is not None:
+                weighted = per_token * x.divergence_weight.to(per_token.dtype).unsqueeze(-1)
+            terms.penalty = self.coef_now * weighted
+            terms.divergence_value = masked_mean(per_token, x.mask, reduce_sum)
+            terms.metrics.update(self.divergence_metrics(terms.divergence_value))
+        return terms
+
+    def rehearsal_term(
+        self, logps: Tensor, ref_logps: Tensor, mask: Tensor, rl_tokens: Tensor, reduce_sum: ReduceSum | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """(``rehearsal_coef`` × the token-mean rehearsal loss of one batch of stored reference samples, metrics
+        ``rehearsal/<divergence>`` (mean per-token value) and ``rehearsal/token_share`` (stored tokens over stored
+        + RL tokens ``rl_tokens``, all processes))."""
+        loss, values = self.rehearsal_loss(logps, ref_logps, mask)
+        totals = torch.stack([(values.detach() * mask).sum(), mask.sum().float(), rl_tokens.sum().float()]).float()
+        if reduce_sum is not None:
+            totals = reduce_sum(totals)
+        metrics = {
+            f"rehearsal/{self.rehearsal_loss.name}": (totals[0] / totals[1].clamp(min=1.0)).item(),
+            "rehearsal/token_share": (totals[1] / (totals[1] + totals[2]).clamp(min=1.0)).item(),
+        }
+        return self.rehearsal_coef * loss.to(logps.dtype), metrics
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """State of every stateful method and the scheduled values (JSON-serialisable)."""
+        return {
+            "curriculum": None if self.curriculum is None else self.curriculum.state_dict(),
+            "token_masks": {m.name: m.state_dict() for m in self.token_masks},
+            "reweighting": None if self.reweighting is None else self.reweighting.state_dict(),
+            "schedule": None if self.schedule is None else self.schedule.state_dict(),
+            "coef_now": self.coef_now,
+            "divergence_now": self.divergence_now.name,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["curriculum"] is not None:
+            self.curriculum.load_state_dict(state["curriculum"])
+        for mask in self.token_masks:
+            mask.load_state_dict(state["token_masks"][mask.name])
+        if self.reweighting is not None:
+            self.reweighting.load_state_dict(state["reweighting"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        self.coef_now = state["coef_now"]
+        self.divergence_now = self._divergence(state["divergence_now"])
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
