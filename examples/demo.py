@@ -4,7 +4,7 @@ python examples/demo.py                      # the embedded tiny model and task 
 python examples/demo.py --model NAME_OR_DIR --dataset NAME_OR_DIR --reward pkg.module:fn
 """
 
-from trl_divergences.toy.demo import main
+from trl_divergences.demo import main
 
 if __name__ == "__main__":
     main()

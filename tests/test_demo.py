@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from trl_divergences.demo import DEFAULT_RUNS, format_table, main
 from trl_divergences.toy import BaseModelConfig, build_random_model, make_dataset
-from trl_divergences.toy.demo import DEFAULT_RUNS, format_table, main
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +28,8 @@ def test_demo_on_local_model_and_dataset_folders(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"]["JS (full)"]["train"].keys() == {"reward", "kl", "entropy"}
     assert "| JS (full) |" in (out / "results.md").read_text()
+    logs = sorted((out / "runs").glob("*/log.jsonl"))  # TRL's per-step log dicts go to files, not the console
+    assert len(logs) == 2 and all("loss" in json.loads(line) for line in logs[0].read_text().splitlines()[:1])
 
 
 def test_demo_evaluates_toy_task_and_plots(tmp_path):

@@ -1,7 +1,11 @@
 """CLI of the offline rehearsal step:
 
-    python -m trl_divergences.rehearsal build --model DIR_OR_NAME|toy --dataset DIR_OR_NAME|toy \\
-        --reward toy|pkg.module:fn [--reward ...] --k 8 --temperature 1.0 --top-p 0.95 --output DIR --seed 0
+    python -m trl_divergences.rehearsal build --model DIR_OR_NAME|pkg.module:fn --dataset DIR_OR_NAME|pkg.module:fn \\
+        --reward pkg.module:fn [--reward ...] --k 8 --temperature 1.0 --top-p 0.95 --output DIR --seed 0
+
+A ``pkg.module:fn`` model loader is called with no arguments and returns a model folder or name; a dataset loader is
+called with the split. The embedded toy task: ``--model trl_divergences.toy:build_base_model
+--dataset trl_divergences.toy:make_dataset --reward trl_divergences.toy:sum_reward``.
 
 Re-running the same command resumes an interrupted build (finished shards are skipped).
 """
@@ -23,10 +27,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="sample, score, split and store reference samples")
-    b.add_argument("--model", required=True, help="hub name or local folder of the base model, or 'toy'")
-    b.add_argument("--dataset", required=True, help="hub name or local folder with a 'prompt' column, or 'toy'")
+    b.add_argument("--model", required=True, help="hub name, local folder or 'pkg.module:fn' of the base model")
+    b.add_argument("--dataset", required=True, help="hub name, local folder or 'pkg.module:fn' with a 'prompt' column")
     b.add_argument("--split", default="train", help="dataset split (default: train)")
-    b.add_argument("--reward", action="append", required=True, help="'toy' or 'package.module:function'; repeatable")
+    b.add_argument("--reward", action="append", required=True, help="'package.module:function'; repeatable")
     b.add_argument("--output", required=True, help="store folder (resumable)")
     defaults = BuildConfig()
     b.add_argument("--k", type=int, default=defaults.k)
@@ -48,12 +52,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from ..toy import build_base_model
-    from ..toy.demo import load_dataset, load_model_tokenizer, load_reward
+    from ..loading import load_callable, load_dataset, load_tokenizer, resolve_model
 
     args = parse_args(argv)
-    toy_model = args.model == "toy"
-    model_path = str(build_base_model(progress=args.progress)) if toy_model else args.model
+    model_path = resolve_model(args.model)
     model = AutoModelForCausalLM.from_pretrained(model_path)
     config = BuildConfig(
         k=args.k,
@@ -66,9 +68,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     meta = build_store(
         model,
-        load_model_tokenizer(model_path, toy_model),
-        load_dataset(None if args.dataset == "toy" else args.dataset, args.split),
-        [load_reward(r) for r in args.reward],
+        load_tokenizer(model_path),
+        load_dataset(args.dataset, args.split),
+        [load_callable(r) for r in args.reward],
         args.output,
         config,
         progress=args.progress,

@@ -10,23 +10,22 @@ reward and divergence from the logs instead (the toy evaluation needs the toy ve
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .evaluate import evaluate
-from .model import build_base_model
-from .task import make_dataset, split_prompts, sum_reward
-from .tokenizer import load_tokenizer
+from .loading import load_callable, load_dataset, load_tokenizer
+from .toy import build_base_model, evaluate, split_prompts
 
 
 @dataclass(frozen=True)
@@ -64,43 +63,15 @@ DEFAULT_RUNS: tuple[RunSpec, ...] = (
     RunSpec("reverse KL (k3) + Gaussian curriculum", beta=0.2, catalog={"curriculum": "gaussian"}),
 )
 
+#: the toy task's dataset and reward, as ``package.module:function`` loaders
+TOY_DATASET = "trl_divergences.toy:make_dataset"
+TOY_REWARD = "trl_divergences.toy:sum_reward"
+
 METRICS = ("pass@1", "pass@{k}", "distinct_correct", "entropy", "forward_kl", "reverse_kl")
 
 
-def load_reward(spec: str) -> Callable[..., list[float]]:
-    """``toy`` (the toy verifier) or a ``package.module:function`` TRL reward function."""
-    if spec == "toy":
-        return sum_reward
-    module, _, name = spec.partition(":")
-    if not name:
-        raise ValueError(f"--reward must be 'toy' or 'package.module:function', got {spec!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def load_dataset(name: str | None, split: str):
-    """The toy task's split (``name`` None), a ``save_to_disk`` folder, or a hub dataset."""
-    import datasets
-
-    if name is None:
-        return make_dataset(split)
-    path = Path(name)
-    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
-        loaded = datasets.load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    return datasets.load_dataset(name, split=split)
-
-
-def load_model_tokenizer(model: str, toy: bool):
-    """The toy tokenizer of a toy model folder, else ``AutoTokenizer``."""
-    if toy:
-        return load_tokenizer(model)
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model)
-
-
 def _trainer_args(spec: RunSpec, args: argparse.Namespace, output_dir: Path, seed: int, store: Path | None):
-    from ..trl import DivergenceGRPOConfig
+    from .trl import DivergenceGRPOConfig
 
     return DivergenceGRPOConfig(
         rehearsal_dataset=None if spec.rehearsal is None else str(store),
@@ -134,7 +105,7 @@ def build_rehearsal_store(args: argparse.Namespace, model: str, tokenizer, datas
     sampling: k = 8, T = 1, top-p 0.95; reused when already built with the same settings)."""
     from transformers import AutoModelForCausalLM
 
-    from ..rehearsal.build import BuildConfig, build_store
+    from .rehearsal.build import BuildConfig, build_store
 
     path = Path(args.output_dir) / "rehearsal_store"
     config = BuildConfig(k=8, temperature=1.0, top_p=0.95, max_new_tokens=args.max_completion_length, seed=0)
@@ -152,7 +123,7 @@ def train_one(
     spec: RunSpec, args: argparse.Namespace, model: str, tokenizer, dataset, reward, seed: int, store: Path | None
 ):
     """Train one configuration from ``model``; returns (trained model, log history)."""
-    from ..trl import DivergenceGRPOTrainer
+    from .trl import DivergenceGRPOTrainer
 
     out = Path(args.output_dir) / "runs" / f"{spec.label.replace(' ', '_')}-seed{seed}"
     trainer = DivergenceGRPOTrainer(
@@ -162,8 +133,33 @@ def train_one(
         train_dataset=dataset,
         processing_class=tokenizer,
     )
+    # the console shows progress bars and the table; TRL's per-step log dicts go to <run dir>/log.jsonl
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_QuietProgress)
+    trainer.add_callback(_JsonlLog(out / "log.jsonl"))
     trainer.train()
     return trainer.model, trainer.state.log_history
+
+
+class _QuietProgress(ProgressCallback):
+    """TRL's progress bar without the log dict it prints at every logging step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        pass
+
+
+class _JsonlLog(TrainerCallback):
+    """Appends every log dict of a run to a JSON-lines file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if state.is_world_process_zero and logs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
 def _summary_from_logs(history: list[dict[str, float]]) -> dict[str, float]:
@@ -176,7 +172,7 @@ def _versions() -> dict[str, str]:
     import transformers
     import trl
 
-    from .. import __version__
+    from . import __version__
 
     return {
         "trl-divergences": __version__,
@@ -237,7 +233,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="hub name or local folder of the base policy (default: the embedded toy model)")
     p.add_argument("--dataset", help="hub name or local folder with a 'prompt' column (default: the toy task)")
-    p.add_argument("--reward", default="toy", help="'toy' or 'package.module:function' (TRL reward function)")
+    p.add_argument(
+        "--reward", default=TOY_REWARD, help=f"a 'package.module:function' TRL reward (default {TOY_REWARD})"
+    )
     p.add_argument("--output-dir", default="demo_outputs")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -264,11 +262,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    toy_model, toy_data = args.model is None, args.dataset is None
+    toy_data = args.dataset is None
     model = str(args.model or build_base_model(progress=args.progress))
-    tokenizer = load_model_tokenizer(model, toy_model)
-    dataset = load_dataset(args.dataset, "train")
-    reward = load_reward(args.reward)
+    tokenizer = load_tokenizer(model)
+    dataset = load_dataset(args.dataset or TOY_DATASET, "train")
+    reward = load_callable(args.reward)
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= args.eval_samples]
 
     results: dict[str, dict[str, dict[str, float]]] = {}
