@@ -23,7 +23,17 @@ from ..registry import Method, Registry
 TOKEN_MASKS: Registry[TokenMask] = Registry("token mask")
 
 #: TokenBatch fields a mask can require (``mask`` is always there)
-TOKEN_FIELDS = ("logps", "entropies", "advantages", "correct", "topp_entropy", "reverse_kl", "proxy_logps")
+TOKEN_FIELDS = (
+    "logps",
+    "old_logps",
+    "ref_logps",
+    "entropies",
+    "advantages",
+    "correct",
+    "topp_entropy",
+    "reverse_kl",
+    "proxy_logps",
+)
 
 
 @dataclass
@@ -33,6 +43,8 @@ class TokenBatch:
     Attributes:
         mask: [B, T] valid completion tokens (0/1 or bool).
         logps: [B, T] log π(y_t) of the current policy, with graph.
+        old_logps: [B, T] log π_old(y_t) of the rollout policy (None on-policy).
+        ref_logps: [B, T] log ρ(y_t) of the reference, detached.
         entropies: [B, T] H(π(·|s_t)) over the vocabulary, with graph.
         advantages: [B] or [B, T] advantages.
         correct: [B] bool, the rollout's reward reached the correctness threshold.
@@ -48,6 +60,8 @@ class TokenBatch:
 
     mask: Tensor
     logps: Tensor | None = None
+    old_logps: Tensor | None = None
+    ref_logps: Tensor | None = None
     entropies: Tensor | None = None
     advantages: Tensor | None = None
     correct: Tensor | None = None

@@ -208,6 +208,7 @@ class Objective:
         divergence_to_reference = self.coef != 0.0 and div.needs_reference
         exact = penalty and self.estimator == FULL
         mask_reference = any(m.needs_reference for m in masks)
+        mask_ref_logps = any("ref_logps" in m.requires for m in masks)
         rw_reference = rw is not None and rw.needs_reference
         curriculum = self.curriculum
         vocabulary = (
@@ -220,8 +221,8 @@ class Objective:
         if curriculum is not None and curriculum.kind == "filter":
             whole.append(curriculum.name)
         return Requirements(
-            reference_model=divergence_to_reference or rw_reference or mask_reference,
-            ref_logps=(divergence_to_reference and self.estimator != FULL) or rw_reference,
+            reference_model=divergence_to_reference or rw_reference or mask_reference or mask_ref_logps,
+            ref_logps=(divergence_to_reference and self.estimator != FULL) or rw_reference or mask_ref_logps,
             ref_hidden=exact or mask_reference,
             vocabulary=vocabulary,
             rollout_statistics=bool(
@@ -412,6 +413,8 @@ class Objective:
             batch = TokenBatch(
                 mask=x.mask,
                 logps=x.logps,
+                old_logps=x.old_logps,
+                ref_logps=x.ref_logps,
                 entropies=x.entropies,
                 advantages=x.advantages,
                 correct=None if x.correct is None else x.correct.bool(),
