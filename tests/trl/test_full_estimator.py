@@ -30,8 +30,14 @@ def _record(trainer, monkeypatch):
         divs.append(out[2].detach())
         return out
 
+    def loss_op(*args, **kwargs):  # the training route: the penalty aggregated with its gradient in the forward
+        out = td.ops.fused_linear_divergence_loss(*args, **kwargs)
+        divs.append(out[3])
+        return out
+
     trainer._compute_loss = compute_loss
     monkeypatch.setattr(vocabulary_module, "fused_linear_logprob_entropy_divergence", op)
+    monkeypatch.setattr(vocabulary_module, "fused_linear_divergence_loss", loss_op)
     return batches, divs
 
 
@@ -124,3 +130,36 @@ def test_full_gradient_reaches_lm_head_and_backbone(tiny_model_dir, tokenizer, t
     moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert not torch.equal(trainer.model.get_output_embeddings().weight.detach(), head_before)
     assert any("layers.0" in n for n in moved)
+
+
+def _counting(calls: list):
+    def op(*args, **kwargs):
+        calls.append(1)
+        return td.ops.fused_linear_divergence_loss(*args, **kwargs)
+
+    return op
+
+
+@pytest.mark.parametrize("overrides", [{"loss_type": "grpo"}, {"loss_type": "dapo", "gradient_accumulation_steps": 2}])
+def test_gradient_in_forward_route_trains_like_the_per_token_route(
+    tiny_model_dir, tokenizer, tmp_path, monkeypatch, overrides
+):
+    """The exact penalty aggregated inside the forward (its weights known before it) moves the parameters exactly as
+    the per-token values aggregated after the loss (the route taken when the weights are not handed over)."""
+    runs = {}
+    for route in ("in_forward", "per_token"):
+        trainer = make_trainer(
+            tiny_model_dir, tokenizer, tmp_path / route, divergence="js", divergence_estimator="full", **overrides
+        )
+        calls = []
+        monkeypatch.setattr(vocabulary_module, "fused_linear_divergence_loss", _counting(calls))
+        if route == "per_token":
+            monkeypatch.setattr(trainer.objective, "penalty_weights", lambda *a, **k: None)
+        trainer.train()
+        assert bool(calls) == (route == "in_forward")
+        runs[route] = ({n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer.state.log_history)
+        monkeypatch.undo()
+    for name, value in runs["in_forward"][0].items():
+        torch.testing.assert_close(value, runs["per_token"][0][name], atol=1e-5, rtol=1e-4, msg=name)
+    kl = [[h["kl"] for h in run[1] if "kl" in h] for run in runs.values()]
+    assert kl[0] == pytest.approx(kl[1], rel=1e-5) and len(kl[0]) == 2

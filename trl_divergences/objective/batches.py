@@ -84,7 +84,8 @@ class TokenInputs:
         importance_weight: π/π_old ([B, T] or [B, 1], with its graph) applied to sampled estimators, or None
             (see :func:`importance_weight`).
         vocabulary: results of the loss forward's :meth:`Objective.loss_request` (``"divergence"``, ``"reverse_kl"``,
-            ``"topp_entropy"``), [B, T] each.
+            ``"topp_entropy"``), [B, T] each; ``"divergence/weighted_sum"`` (scalar) when the forward aggregated the
+            exact penalty with :meth:`Objective.penalty_weights`.
         vocab_size: |V|.
         gather / reduce_sum: as in :class:`RolloutInputs`.
     """
@@ -114,6 +115,8 @@ class TokenTerms:
         penalty: [B, T] coefficient × per-rollout weight × per-token divergence, or None.
         replaced_pg: [B, T] the policy-gradient term of the tokens a divergence selects (removed from ``pg_keep``),
             or None.
+        aggregated: the penalty already aggregated with the adapter's normaliser (scalar; computed with its gradient
+            inside the forward from :meth:`Objective.penalty_weights`), or None.
         aux_loss: scalar auxiliary loss of this micro-batch (masks' terms; not divided by gradient accumulation).
         divergence_value: the active divergence's mean per-token value over all processes (TRL's ``kl``), or None.
         metrics: scalars to log (already global where the statistic is).
@@ -122,6 +125,7 @@ class TokenTerms:
     pg_keep: Tensor | None = None
     penalty: Tensor | None = None
     replaced_pg: Tensor | None = None
+    aggregated: Tensor | None = None
     aux_loss: Tensor | None = None
     divergence_value: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)

@@ -404,6 +404,18 @@ class Objective:
             "divergence/coef": self.coef_now,
         }
 
+    def penalty_weights(self, mask: Tensor, divergence_weight: Tensor | None = None) -> Tensor | None:
+        """[B, T] per-token weights of the exact penalty, β_t · w_i · mask, known before the loss forward (None when
+        the penalty is not exact): an adapter multiplies them by its normaliser's per-token weights and hands them
+        to the forward, which then aggregates the penalty with its gradient in one pass (``exact_weights`` of
+        :func:`~trl_divergences.objective.vocabulary.vocabulary_statistics`)."""
+        if not (self.requirements.penalty and self.estimator == FULL):
+            return None
+        weights = self.coef_now * mask.to(compute_dtype(mask.dtype))
+        if divergence_weight is not None:
+            weights = weights * divergence_weight.to(weights.dtype).unsqueeze(-1)
+        return weights
+
     def token_terms(self, x: TokenInputs, penalty: bool = True) -> TokenTerms:
         """The per-token terms of one micro-batch. ``penalty=False``: the framework computes the (plain reverse-KL
         k3) penalty itself, leave it out."""
@@ -442,13 +454,15 @@ class Objective:
         elif penalty and self.requirements.penalty:
             if self.estimator == FULL:
                 per_token = x.vocabulary["divergence"]
+                terms.aggregated = x.vocabulary.get("divergence/weighted_sum")
             else:
                 per_token = div.sampled(x.logps, x.ref_logps, self.estimator, importance_weight=x.importance_weight)
             per_token = per_token.to(x.logps.dtype)
-            weighted = per_token
-            if x.divergence_weight is not None:
-                weighted = per_token * x.divergence_weight.to(per_token.dtype).unsqueeze(-1)
-            terms.penalty = self.coef_now * weighted
+            if terms.aggregated is None:
+                weighted = per_token
+                if x.divergence_weight is not None:
+                    weighted = per_token * x.divergence_weight.to(per_token.dtype).unsqueeze(-1)
+                terms.penalty = self.coef_now * weighted
             terms.divergence_value = masked_mean(per_token, x.mask, reduce_sum)
             terms.metrics.update(self.divergence_metrics(terms.divergence_value))
         return terms

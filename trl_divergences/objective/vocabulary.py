@@ -3,9 +3,11 @@ an adapter captures the hidden states, this computes what a :class:`VocabularyRe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from torch import Tensor
 
-from ..ops import fused_linear_logprob_entropy_divergence, fused_linear_nucleus_stats
+from ..ops import fused_linear_divergence_loss, fused_linear_logprob_entropy_divergence, fused_linear_nucleus_stats
 from .requirements import VocabularyRequest
 
 
@@ -21,6 +23,7 @@ def vocabulary_statistics(
     ref_weight: Tensor | None = None,
     ref_bias: Tensor | None = None,
     penultimate: Tensor | None = None,
+    exact_weights: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """The statistics of ``request`` for rows ``hidden`` [b, T, H] (policy final hidden states at the positions
     predicting ``targets`` [b, T]) with logits = hidden Wᵀ + b, divided by ``temperature``:
@@ -30,14 +33,37 @@ def vocabulary_statistics(
     * ``"topp_entropy"``: the top-p nucleus entropy (with gradient); ``"proxy_logp"``: log π_proxy(y) of the min-p
       proxy (conventions in :func:`~trl_divergences.ops.nucleus_stats`);
     * ``"penultimate"``: ``penultimate`` detached, when asked for.
+
+    ``exact_weights`` {name: [b, T] per-token loss weights w (no gradient)}: for an exact divergence whose weights
+    are known before the forward (a penalty's coefficient × per-rollout weight × the framework's normaliser), the
+    scalar Σ w·D is returned as ``"<name>/weighted_sum"`` with its gradient computed inside the forward (no
+    recomputation of either projection in the backward: :func:`~trl_divergences.ops.fused_linear_divergence_loss`),
+    and ``name`` holds the detached values; not for a divergence that another name shares (that one needs the
+    per-token graph).
     """
     results: dict[str, Tensor] = {}
     computed: dict[str, Tensor] = {}
+    keys = [repr(div) for div in request.exact.values()]
     for name, div in request.exact.items():
         key = repr(div)  # e.g. the `full` reverse-KL penalty and EKSFT's KL(π‖ρ): one pass
+        if (ref_hidden is None or ref_weight is None) and key not in computed:
+            raise ValueError(f"exact {name!r} needs the reference's final hidden states and lm_head weight")
+        if exact_weights is not None and name in exact_weights and keys.count(key) == 1:
+            loss, _, _, values = fused_linear_divergence_loss(
+                hidden,
+                weight,
+                ref_hidden.to(hidden.dtype),
+                ref_weight.to(weight.dtype),
+                None,
+                weights_div=exact_weights[name],
+                divergence=div,
+                temperature=temperature,
+                bias=bias,
+                ref_bias=ref_bias,
+            )
+            results[name], results[f"{name}/weighted_sum"] = values, loss
+            continue
         if key not in computed:
-            if ref_hidden is None or ref_weight is None:
-                raise ValueError(f"exact {name!r} needs the reference's final hidden states and lm_head weight")
             computed[key] = fused_linear_logprob_entropy_divergence(
                 hidden,
                 weight,

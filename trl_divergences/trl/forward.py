@@ -90,8 +90,13 @@ class ForwardRequest:
     results: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
     offset: int = 0
 
+    #: {name: [rows, C]} per-token loss weights of exact divergences aggregated, with their gradient, in the forward
+    exact_weights: dict[str, Tensor] | None = None
+
     def result(self, name: str) -> Tensor:
-        return torch.cat(self.results[name])
+        """[rows, C] concatenated over the call's forwards; a scalar (``<name>/weighted_sum``) summed over them."""
+        parts = self.results[name]
+        return torch.stack(parts).sum() if parts[0].dim() == 0 else torch.cat(parts)
 
     def all_results(self) -> dict[str, Tensor]:
         """Every computed statistic, [rows, C] each."""
@@ -115,6 +120,9 @@ class ForwardRequest:
             ref_weight=self.ref_weight,
             ref_bias=self.ref_bias,
             penultimate=penultimate,
+            exact_weights=None
+            if self.exact_weights is None
+            else {name: w[rows] for name, w in self.exact_weights.items()},
         )
         for name, value in stats.items():
             self.results[name].append(value)

@@ -63,27 +63,28 @@ from .rollout import (
 STATE_FILE = "trl_divergences_state.json"
 
 
-def trl_loss_normalize(trainer: GRPOTrainer, per_token: Tensor, mask: Tensor, inputs: dict[str, Any]) -> Tensor:
-    """Aggregate a per-token term [B, T] exactly as TRL 1.16's ``_compute_loss`` aggregates its per-token loss for
-    ``trainer.loss_type`` (including the gradient-accumulation scaling), so that adding it to TRL's loss equals
-    adding it to TRL's per-token loss."""
+def trl_loss_weights(trainer: GRPOTrainer, mask: Tensor, inputs: dict[str, Any]) -> Tensor:
+    """[B, T] per-token weights w with Σ w·x = TRL 1.16's ``_compute_loss`` aggregate of a per-token term x for
+    ``trainer.loss_type`` (including the gradient-accumulation scaling): adding Σ w·x to TRL's loss equals adding x to
+    TRL's per-token loss. Known before the forward, so an exact penalty can be aggregated inside it."""
     mode = "train" if trainer.model.training else "eval"
     accumulation = trainer.current_gradient_accumulation_steps if mode == "train" else 1.0
     loss_type = trainer.loss_type
-    masked = per_token * mask
+    mask = mask.float()
+    rows = mask.size(0)
     if loss_type in ("grpo", "sapo"):
-        return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accumulation
+        return mask / mask.sum(-1, keepdim=True).clamp(min=1.0) / rows / accumulation
     if loss_type == "bnpo":
-        return masked.sum() / mask.sum().clamp(min=1.0) / accumulation
+        return mask / mask.sum().clamp(min=1.0) / accumulation
     if loss_type == "dr_grpo":
-        return masked.sum() / (per_token.size(0) * trainer.max_completion_length) / accumulation
+        return mask / (rows * trainer.max_completion_length) / accumulation
     if loss_type in ("cispo", "dapo", "vespo"):
         normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / trainer.accelerator.num_processes
         if mode == "train":
             normalizer = normalizer * trainer.current_gradient_accumulation_steps / trainer.args.steps_per_generation
-        return masked.sum() / normalizer
+        return mask / normalizer
     if loss_type == "luspo":
-        return masked.sum(-1).mean() / accumulation
+        return mask / rows / accumulation
     raise ValueError(f"unsupported loss_type {loss_type!r} for the divergence penalty")
 
 
@@ -354,6 +355,11 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         request = self._forward_request(
             objective.loss_request(), inputs["completion_ids"].size(1), inputs.get("ref_hidden_states")
         )
+        mask = completion_tokens(inputs)
+        penalty_weights = objective.penalty_weights(mask, inputs.get("divergence_weight"))
+        if request is not None and penalty_weights is not None and torch.is_grad_enabled():
+            # the exact penalty's weights are known: aggregate it with its gradient inside the forward
+            request.exact_weights = {"divergence": penalty_weights * trl_loss_weights(self, mask, inputs)}
         selection = requirements.token_selection
         with (
             self._call(CallContext(request=request, inputs=inputs)) as context,
@@ -371,7 +377,9 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             loss = loss + terms.aux_loss.to(loss.dtype) / accumulation
         per_token = terms.per_token
         if per_token is not None:
-            loss = loss + trl_loss_normalize(self, per_token.to(loss.dtype), completion_tokens(inputs), inputs)
+            loss = loss + (per_token.to(loss.dtype) * trl_loss_weights(self, mask, inputs).to(loss.dtype)).sum()
+        if terms.aggregated is not None:
+            loss = loss + terms.aggregated.to(loss.dtype)
         if terms.divergence_value is not None:
             self._metrics[mode]["kl"].append(terms.divergence_value)
         elif self._stock_kl and self.beta != 0.0:
