@@ -34,13 +34,15 @@ TRAIN_FAULTS = {
         {"target": "transformers.trainer_callback:TrainerState.save_to_json", "from_step": 4, "call": 1,
          "when": "after"}, 2),
 }  # fmt: skip
-#: names of the per-checkpoint files that differ between two identical runs (wall-clock timings)
-TIMED_FILES = {"trainer_state.json"}
+#: checkpoint files that differ between two identical runs: wall-clock timings, the output directory
+RUN_SPECIFIC_FILES = {"trainer_state.json", "training_args.bin"}
 
 PARTIAL_CHECKPOINT = (
-    "transformers writes a checkpoint folder in place and `resume_from_checkpoint=True` takes the highest-numbered "
-    "one, complete or not; DivergenceGRPOTrainer writes its methods' state after transformers' trainer_state.json, "
-    "and a checkpoint without it resumes with fresh methods' state (trl/trainer.py: see the dist branch report)"
+    "trl/trainer.py: transformers writes checkpoint-N in place and resume_from_checkpoint=True takes the "
+    "highest-numbered folder, complete or not (a kill mid-write: FileNotFoundError trainer_state.json); the methods' "
+    "state is written after transformers' files and a checkpoint without it resumes silently with fresh methods' "
+    "state. Fix: write it last by an atomic rename as the completion marker, resolve True to the last folder holding "
+    "it, refuse a checkpoint without it"
 )
 
 
@@ -71,7 +73,7 @@ def _checkpoint_files(folder: Path) -> list[str]:
 def _check_fault(out: Path, procs: dict, name: str) -> None:
     fault, last_complete = TRAIN_FAULTS[name]
     assert killed(procs[name]), procs[name].stderr[-3000:]
-    assert not (out / name).exists()  # the killed job never got to write its result
+    assert not (out / name / "rank0.pt").exists()  # the killed job never got to write its result
     reference = ok(out, "uninterrupted")[0]
     resumed = ok(out, f"resumed_{name}")[0]
     assert resumed["global_step"] == reference["global_step"] == STEPS
@@ -82,7 +84,7 @@ def _check_fault(out: Path, procs: dict, name: str) -> None:
     ref_dir, run_dir = out / "runs" / "uninterrupted" / final, out / "runs" / name / final
     files = _checkpoint_files(ref_dir)
     assert files == _checkpoint_files(run_dir)
-    same, different, errors = filecmp.cmpfiles(ref_dir, run_dir, [f for f in files if f not in TIMED_FILES], False)
+    same, different, errors = filecmp.cmpfiles(ref_dir, run_dir, [f for f in files if f not in RUN_SPECIFIC_FILES], False)
     assert not different and not errors, different + errors
 
 
