@@ -84,7 +84,8 @@ def _check_fault(out: Path, procs: dict, name: str) -> None:
     ref_dir, run_dir = out / "runs" / "uninterrupted" / final, out / "runs" / name / final
     files = _checkpoint_files(ref_dir)
     assert files == _checkpoint_files(run_dir)
-    same, different, errors = filecmp.cmpfiles(ref_dir, run_dir, [f for f in files if f not in RUN_SPECIFIC_FILES], False)
+    compared = [f for f in files if f not in RUN_SPECIFIC_FILES]
+    _, different, errors = filecmp.cmpfiles(ref_dir, run_dir, compared, shallow=False)
     assert not different and not errors, different + errors
 
 
@@ -147,5 +148,5 @@ def test_killed_store_build_resumes_to_the_same_store(build_faults, name):
     reference, resumed = out / "stores" / "uninterrupted", out / "stores" / name
     files = _checkpoint_files(reference)
     assert files == _checkpoint_files(resumed)  # no leftover temporary files either
-    same, different, errors = filecmp.cmpfiles(reference, resumed, files, shallow=False)
+    _, different, errors = filecmp.cmpfiles(reference, resumed, files, shallow=False)
     assert not different and not errors, different + errors
