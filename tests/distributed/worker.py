@@ -113,9 +113,21 @@ def _dataset(kind: str):
     return prompts_dataset(16)
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A parameter as a plain full tensor (FSDP2 shards them as DTensors)."""
-    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().clone()
+def _sharded(p: torch.Tensor) -> bool:
+    """FSDP2 shards a parameter as a DTensor, ZeRO-3 partitions it (``ds_id``)."""
+    return type(p).__name__ == "DTensor" or hasattr(p, "ds_id")
+
+
+def _full_params(model) -> dict[str, torch.Tensor]:
+    """Every parameter as a plain full CPU tensor (a collective under FSDP2 / ZeRO-3: every rank calls it)."""
+    params = dict(model.named_parameters())
+    if any(hasattr(p, "ds_id") for p in params.values()):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(params.values())):
+            return {name: p.detach().cpu().clone() for name, p in params.items()}
+    return {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone()
+            for name, p in params.items()}  # fmt: skip
 
 
 def train_job(spec: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
@@ -139,8 +151,8 @@ def train_job(spec: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     RECORDS.clear()
     trainer.train(resume_from_checkpoint=job.get("resume"))
     return {
-        "params": {name: _full(p) for name, p in trainer.model.named_parameters()},
-        "sharded": any(type(p).__name__ == "DTensor" for p in trainer.model.parameters()),
+        "params": _full_params(trainer.model),
+        "sharded": any(_sharded(p) for p in trainer.model.parameters()),
         "wrapper": type(trainer.model_wrapped).__name__,
         "state": json.loads(json.dumps(trainer.methods_state_dict())),
         "records": list(RECORDS),
