@@ -7,7 +7,9 @@ in :mod:`.store`). The RL run then needs no reference model.
 
 Reproducible and resumable: prompt i is sampled with its own seed ``derive_seed(seed, i)`` in its own ``generate``
 call (one prompt, k rows, no padding), so a result never depends on batching or on where a run was interrupted;
-shards of prompts are written atomically and skipped when present. Framework-agnostic apart from HF ``generate``.
+every file is written to a temporary name and renamed into place (a build killed at any point leaves only
+complete files besides its temporaries, which the next run deletes), and finished shards are skipped. Framework-
+agnostic apart from HF ``generate``.
 """
 
 from __future__ import annotations
@@ -107,11 +109,33 @@ def _score(reward_funcs: Sequence[RewardFunc], row: dict[str, Any], completions:
     return totals
 
 
+def _temporary(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place (:func:`_remove_temporaries` matches the name)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Delete what an interrupted build left half-written in ``folder`` (its temporaries are never read)."""
+    import shutil
+
+    for tmp in folder.glob(".*.tmp-*"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink()
+
+
+def _write_atomic_text(text: str, path: Path) -> None:
+    tmp = _temporary(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _write_atomic_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path)
     pq.write_table(pa.Table.from_pylist(rows), tmp)
     os.replace(tmp, path)
 
@@ -119,7 +143,7 @@ def _write_atomic_parquet(rows: list[dict[str, Any]], path: Path) -> None:
 def _save_dataset_atomic(dataset, path: Path) -> None:
     import shutil
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path)
     shutil.rmtree(tmp, ignore_errors=True)
     dataset.save_to_disk(str(tmp))
     shutil.rmtree(path, ignore_errors=True)
@@ -133,7 +157,7 @@ def _check_or_write_settings(output: Path, settings: dict[str, Any]) -> None:
         if saved != settings:
             raise ValueError(f"{output} holds a store built with other settings {saved}; use a new --output")
     else:
-        path.write_text(json.dumps(settings, indent=2))
+        _write_atomic_text(json.dumps(settings, indent=2), path)
 
 
 def build_store(
@@ -159,6 +183,8 @@ def build_store(
     funcs = list(reward_funcs) if isinstance(reward_funcs, Sequence) else [reward_funcs]
     output = Path(output_dir)
     (output / SHARDS).mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(output)
+    _remove_temporaries(output / SHARDS)
     settings = {"config": asdict(config), "n_prompts": len(dataset), "model": str(model.config._name_or_path)}
     _check_or_write_settings(output, settings)
 
@@ -221,5 +247,5 @@ def build_store(
         "n_samples": len(samples),
         "n_sample_tokens": sum(map(len, samples["completion_ids"])),
     }
-    (output / META).write_text(json.dumps(meta, indent=2))
+    _write_atomic_text(json.dumps(meta, indent=2), output / META)
     return meta
