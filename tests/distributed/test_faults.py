@@ -37,14 +37,6 @@ TRAIN_FAULTS = {
 #: checkpoint files that differ between two identical runs: wall-clock timings, the output directory
 RUN_SPECIFIC_FILES = {"trainer_state.json", "training_args.bin"}
 
-PARTIAL_CHECKPOINT = (
-    "trl/trainer.py: transformers writes checkpoint-N in place and resume_from_checkpoint=True takes the "
-    "highest-numbered folder, complete or not (a kill mid-write: FileNotFoundError trainer_state.json); the methods' "
-    "state is written after transformers' files and a checkpoint without it resumes silently with fresh methods' "
-    "state. Fix: write it last by an atomic rename as the completion marker, resolve True to the last folder holding "
-    "it, refuse a checkpoint without it"
-)
-
 
 @pytest.fixture(scope="module")
 def train_faults(model_dir, store, tmp_path_factory):
@@ -93,12 +85,10 @@ def test_killed_between_steps_resumes_from_the_last_checkpoint(train_faults):
     _check_fault(*train_faults, "between_steps")
 
 
-@pytest.mark.xfail(strict=True, reason=PARTIAL_CHECKPOINT)
 def test_killed_during_a_checkpoint_write_resumes_from_the_last_complete_checkpoint(train_faults):
     _check_fault(*train_faults, "during_checkpoint_write")
 
 
-@pytest.mark.xfail(strict=True, reason=PARTIAL_CHECKPOINT)
 def test_killed_before_the_methods_state_is_written_resumes_from_the_last_complete_checkpoint(train_faults):
     _check_fault(*train_faults, "after_trainer_state")
 

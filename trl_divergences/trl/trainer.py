@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,9 +411,21 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            (folder / STATE_FILE).write_text(json.dumps(self.methods_state_dict()))
             if self._rehearsal is not None:
                 self._rehearsal.save(folder)
+            # written last, by an atomic rename: its presence marks a complete checkpoint
+            tmp = folder / f".{STATE_FILE}.tmp"
+            tmp.write_text(json.dumps(self.methods_state_dict()))
+            os.replace(tmp, folder / STATE_FILE)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """TRL's ``train``; ``resume_from_checkpoint=True`` takes the last *complete* checkpoint of ``output_dir``
+        (transformers takes the highest-numbered folder, which a run killed while saving leaves half-written)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no complete checkpoint (with {STATE_FILE}) in {self.args.output_dir}")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -421,8 +434,30 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         path = Path(checkpoint) / STATE_FILE
         if path.is_file():
             self.load_methods_state_dict(json.loads(path.read_text()))
+        elif self._has_method_state():
+            raise ValueError(
+                f"{checkpoint} is not a complete DivergenceGRPOTrainer checkpoint (no {STATE_FILE}: the run stopped "
+                "while saving it, or another trainer wrote it) and this configuration's methods keep state; resume "
+                "from an earlier checkpoint, or with resume_from_checkpoint=True to take the last complete one"
+            )
         if self._rehearsal is not None:
             self._rehearsal.load(checkpoint)
+
+    def _has_method_state(self) -> bool:
+        """Any method whose state a resumed run must restore (a stock-TRL checkpoint suits the others)."""
+        o = self.objective
+        stateful = (o.curriculum, o.reweighting, o.schedule, self._rehearsal, *o.token_masks)
+        return any(m is not None for m in stateful)
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The highest-numbered ``checkpoint-N`` folder of ``output_dir`` that holds :data:`STATE_FILE`, or None."""
+    steps = {}
+    for folder in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = folder.name.rsplit("-", 1)[1]
+        if step.isdigit() and (folder / STATE_FILE).is_file():
+            steps[int(step)] = folder
+    return str(steps[max(steps)]) if steps else None
 
 
 def _with_prompt_index(dataset):
