@@ -1,11 +1,3 @@
-"""Run the Triton kernels on CPU through the interpreter when there is no GPU (must happen before Triton's first
-import, hence here and not in the test module)."""
-
-import os
-
-import torch
+"""The ops tests run single-threaded (TRITON_INTERPRET is set in the root conftest, before Triton's first import)."""
 
 from tests._threads import single_thread  # noqa: F401  (autouse fixture)
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
