@@ -1,0 +1,49 @@
+"""Validation of our names in a verl config, with the TRL adapter's messages (verl checks none of them).
+
+``ActorConfig.__post_init__`` is wrapped at registration (:func:`install`), so a bad
+``actor_rollout_ref.actor.kl_loss_type`` fails where verl builds the actor config: in the driver's
+``validate_config`` and in every actor worker. ``algorithm.kl_penalty`` (a plain DictConfig in verl) is checked
+by :func:`validate_config` and, at the latest, when ``kl_penalty`` first sees it on the driver.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .kl import is_verl_name, parse_kl_type
+
+
+def check_kl_type(name: Any, field: str) -> None:
+    """Raise ``ValueError`` for a malformed or unsupported name of ours; verl's own names pass through."""
+    if not is_verl_name(name):
+        parse_kl_type(name, field)
+
+
+def check_actor_config(actor: Any) -> None:
+    """Our checks of a verl ``ActorConfig`` (or its DictConfig): ``kl_loss_type`` when ``use_kl_loss``."""
+    if actor.get("use_kl_loss", False):
+        check_kl_type(actor.get("kl_loss_type"), "actor_rollout_ref.actor.kl_loss_type")
+
+
+def validate_config(config: Any) -> None:
+    """Our checks of a composed verl ``ppo_trainer`` config (run next to verl's ``validate_config``)."""
+    check_actor_config(config.actor_rollout_ref.actor)
+    algorithm = config.algorithm
+    if algorithm.get("use_kl_in_reward", False):
+        check_kl_type(algorithm.get("kl_penalty"), "algorithm.kl_penalty")
+
+
+def install() -> None:
+    """Wrap ``ActorConfig.__post_init__`` with :func:`check_actor_config` (idempotent)."""
+    from verl.workers.config.actor import ActorConfig
+
+    original = ActorConfig.__post_init__
+    if getattr(original, "_trl_divergences", False):
+        return
+
+    def __post_init__(self) -> None:
+        original(self)
+        check_actor_config(self)
+
+    __post_init__._trl_divergences = True
+    ActorConfig.__post_init__ = __post_init__
