@@ -144,7 +144,10 @@ def test_verl_names_keep_verl_functions():
 @pytest.mark.parametrize(
     ("kl_type", "message"),
     [
-        ("forward_kl:k2", "estimator 'k2' is not supported by divergence 'forward_kl'; valid: k1, k3, k3+, full"),
+        (
+            "forward_kl:k2",
+            "divergence_estimator 'k2' is not supported by divergence 'forward_kl'; valid: k1, k3, k3+, full",
+        ),
         ("js(beta=1.5)", "js: beta must be in the open interval (0, 1), got 1.5"),
         ("js(bta=0.5):k3", "divergence 'js' got unknown argument(s) ['bta']; accepted: ['beta', 'log_floor']"),
         ("low_var_k", "unknown divergence 'low_var_k'; valid choices: reverse_kl"),

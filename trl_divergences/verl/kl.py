@@ -30,8 +30,8 @@ from functools import lru_cache
 from torch import Tensor
 
 from ..divergences import DIVERGENCES, Divergence, get_divergence
+from ..objective import FULL, check_estimator
 
-FULL = "full"
 #: the estimator a bare divergence name uses (TRL's default ``divergence_estimator``)
 DEFAULT_ESTIMATOR = "k3"
 #: verl 0.9.1's own ``kl_penalty_forward`` names (``full`` among them raises ``NotImplementedError`` there)
@@ -57,16 +57,6 @@ class KLSpec:
                 "the plugin's full-vocabulary actor loss (trl_divergences.verl.full), not in verl's kl_penalty"
             )
         return self.divergence.sampled(logprob, ref_logprob, self.estimator)
-
-
-def check_estimator(div: Divergence, estimator: str, field: str = "divergence_estimator") -> str:
-    """The estimator must be one ``div`` supports (``full`` where the divergence allows it); TRL's message."""
-    valid = (*div.estimators, FULL) if div.supports_full else div.estimators
-    if estimator not in valid:
-        raise ValueError(
-            f"{field} {estimator!r} is not supported by divergence {div.name!r}; valid: {', '.join(valid)}"
-        )
-    return estimator
 
 
 def is_verl_name(name: object) -> bool:
@@ -110,7 +100,10 @@ def _parse(name: str, field: str) -> KLSpec | None:
         )
     if estimator.endswith("+") and estimator not in div.estimators and estimator[:-1] in (*div.estimators, FULL):
         return None  # a trailing "+" after a valid estimator: verl's straight-through, handled by the caller
-    check_estimator(div, estimator, field=f"{field} {name!r}: estimator")
+    try:
+        check_estimator(div, estimator)
+    except ValueError as err:
+        raise ValueError(f"{field} {name!r}: {err}") from None
     return KLSpec(div, estimator, verl_straight_through=False)
 
 
