@@ -90,15 +90,13 @@ def micro_batch(old_logps=None, ref_hidden=None, distillation_use_topk=False):
     return data
 
 
-def actor_config(kl_loss_type: str):
+def actor_config():
     from verl.workers.config import ActorConfig, PolicyLossConfig
 
     return ActorConfig(
         strategy="fsdp",
         rollout_n=1,
         ppo_micro_batch_size_per_gpu=3,
-        use_kl_loss=True,
-        kl_loss_type=kl_loss_type,
         kl_loss_coef=0.3,
         policy_loss=PolicyLossConfig(loss_mode="vanilla"),
     )
@@ -137,7 +135,8 @@ def test_exact_divergence_through_the_engine_matches_float64(name, kwargs, monke
     # actor side: the logits processor + loss, old log-probs = current (on-policy), zero-mean PG term of its own
     policy64, ds, lps = float64_reference(policy, ref, name, kwargs)
     old = [lp.detach().float() for lp in lps]
-    loss_fn = partial(full_ppo_loss, config=actor_config(kl_type), ref_weight=ref.lm_head.weight.detach())
+    weight = ref.lm_head.weight.detach()
+    loss_fn = partial(full_ppo_loss, config=actor_config(), divergence=kl_type, ref_weight=weight)
     data = micro_batch(old_logps=old, ref_hidden=ref_hidden, distillation_use_topk=True)
     loss, out = engine(policy, monkeypatch).forward_step(data, loss_fn, forward_only=False)
     loss.backward()

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from .kl import is_verl_name, parse_kl_type
+from .kl import FULL, is_verl_name, parse_kl_type
 
 
 def check_kl_type(name: Any, field: str) -> None:
-    """Raise ``ValueError`` for a malformed or unsupported name of ours; verl's own names pass through."""
-    if not is_verl_name(name):
-        parse_kl_type(name, field)
+    """Raise ``ValueError`` for a malformed or unsupported name of ours; verl's own names pass through. The exact
+    estimator ``full`` is refused here: its loss functions (:mod:`.full`) run at verl's engine level, but no trainer
+    of this plugin installs them on the workers yet, and verl's own ``ppo_loss`` cannot compute it."""
+    if is_verl_name(name):
+        return
+    spec = parse_kl_type(name, field)
+    if spec.estimator == FULL:
+        raise ValueError(
+            f"{field} {name!r}: the exact estimator 'full' needs the plugin's full-vocabulary actor and reference "
+            "losses installed on verl's workers, which this version does not do from a config; use a sampled "
+            "estimator (e.g. ':k3+', whose gradient is the exact divergence's in expectation)"
+        )
 
 
 def check_actor_config(actor: Any) -> None:

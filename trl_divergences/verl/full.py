@@ -12,6 +12,10 @@ carried as final hidden states, never as logits.
   states and the frozen reference lm_head one row chunk at a time, in the forward and in the backward); then as the
   loss, where it adds ``kl_loss_coef`` × verl's aggregation of that divergence to verl's ``ppo_loss``.
 
+Both are loss functions for verl's workers (``TrainingWorker.set_loss_fn``); the trainer and worker subclasses that
+would install them from a config are not part of this version, so ``kl_loss_type=<name>:full`` is refused when the
+config is built (:func:`trl_divergences.verl.config.check_kl_type`).
+
 Memory per completion token: H reference hidden values in the batch (2H bytes in bf16; 7 KB for a 7B model with
 H = 3584, instead of 2V = 304 KB of reference logits for V = 151,936), plus a frozen copy of the reference lm_head
 (V × H) on each actor worker and chunk_rows × V temporaries; the policy logits are verl's own.
@@ -98,11 +102,11 @@ def ref_hidden_loss(model_output: dict, data, dp_group=None, *, capture: LMHeadI
     return zero, {"ref/hidden_tokens": Metric(value=float(rows.numel()), aggregation=AggregationType.SUM)}
 
 
-def full_spec(config) -> KLSpec:
-    """The actor's ``kl_loss_type``, which must name the ``full`` estimator."""
-    spec = parse_kl_type(config.kl_loss_type, "actor_rollout_ref.actor.kl_loss_type")
+def full_spec(divergence: str) -> KLSpec:
+    """A ``<divergence>[(<kwargs>)]:full`` name, parsed and validated as ``kl_loss_type`` names are."""
+    spec = parse_kl_type(divergence, "divergence")
     if spec.estimator != FULL or spec.verl_straight_through:
-        raise ValueError(f"full_ppo_loss needs a kl_loss_type '<divergence>:full', got {config.kl_loss_type!r}")
+        raise ValueError(f"full_ppo_loss needs a divergence '<name>[(<kwargs>)]:full', got {divergence!r}")
     return spec
 
 
@@ -122,11 +126,13 @@ def full_ppo_loss(
     dp_group=None,
     student_logits: Tensor | None = None,
     *,
+    divergence: str,
     ref_weight: Tensor,
     ref_bias: Tensor | None = None,
     chunk_rows: int | None = None,
 ) -> Any:
-    """verl's ``ppo_loss`` plus ``kl_loss_coef`` × agg(exact per-token divergence); see the module docstring.
+    """verl's ``ppo_loss`` (its own KL loss off) plus ``config.kl_loss_coef`` × agg(exact per-token divergence), the
+    divergence named ``<name>[(<kwargs>)]:full``; see the module docstring.
 
     With ``student_logits`` (the logits-processor call): returns {DIVERGENCE: [1, nnz]} (zero off the completion
     rows). Without: returns verl's (loss, metrics) with the penalty added and its metrics (``kl_loss``, ``kl_coef``
@@ -137,7 +143,7 @@ def full_ppo_loss(
     from verl.workers.utils.losses import ppo_loss
     from verl.workers.utils.padding import no_padding_2_padding
 
-    spec = full_spec(config)
+    spec = full_spec(divergence)
     if student_logits is not None:
         logits = student_logits.squeeze(0)
         rows = completion_rows(data).to(logits.device)
