@@ -96,3 +96,26 @@ def test_bad_overrides_fail_at_validation(override, message):
     with pytest.raises((ValueError, InstantiationException)) as err:
         validate(["actor_rollout_ref.actor.use_kl_loss=true", "algorithm.use_kl_in_reward=true", override])
     assert message in str(err.value)
+
+
+def test_reweighting_estimator_overrides_pass_validate_config():
+    config = validate(
+        [
+            "algorithm.adv_estimator=trl_divergences",
+            "+algorithm.trl_divergences.advantage_reweighting=success_adaptive",
+            "+algorithm.trl_divergences.reweighting_kwargs.base=0.4",
+            "+algorithm.trl_divergences.base_estimator=grpo",
+        ]
+    )
+    assert config.algorithm.trl_divergences.reweighting_kwargs.base == 0.4
+
+
+def test_reweighting_estimator_refusal_at_validation():
+    with pytest.raises(ValueError, match="dropping rollouts from the loss's token mean"):
+        validate(
+            [
+                "algorithm.adv_estimator=trl_divergences",
+                "+algorithm.trl_divergences.advantage_reweighting=w_reinforce",
+                "+algorithm.trl_divergences.reweighting_kwargs.mode=nsr",
+            ]
+        )

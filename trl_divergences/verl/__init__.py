@@ -1,4 +1,6 @@
-"""verl 0.9.1 plugin: our divergences as ``kl_loss_type`` / ``algorithm.kl_penalty`` names, validated early.
+"""verl 0.9.1 plugin: our divergences as ``kl_loss_type`` / ``algorithm.kl_penalty`` names (:mod:`.kl`), validated
+early (:mod:`.config`); advantage reweightings as ``algorithm.adv_estimator=trl_divergences`` (:mod:`.advantage`);
+the exact divergence's engine-level loss functions (:mod:`.full`).
 
 Loaded by the ``verl.plugins`` entry point, which verl imports on ``import verl`` in every process (driver,
 TaskRunner, every Ray worker); where the package cannot be pip-installed on the workers, set
@@ -20,10 +22,11 @@ REGISTERED = False
 
 def _register() -> None:
     global REGISTERED
-    from . import config, kl
+    from . import advantage, config, kl
 
     kl.install()
     config.install()
+    advantage.install()
     REGISTERED = True
 
 

@@ -3,13 +3,16 @@
 ``ActorConfig.__post_init__`` is wrapped at registration (:func:`install`), so a bad
 ``actor_rollout_ref.actor.kl_loss_type`` fails where verl builds the actor config: in the driver's
 ``validate_config`` and in every actor worker. ``algorithm.kl_penalty`` (a plain DictConfig in verl) is checked
-by :func:`validate_config` and, at the latest, when ``kl_penalty`` first sees it on the driver.
+by :func:`validate_config` and, at the latest, when ``kl_penalty`` first sees it on the driver; so is the
+``algorithm.trl_divergences`` section of ``adv_estimator=trl_divergences`` (at the latest at the first advantage
+computation).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from . import advantage
 from .kl import FULL, is_verl_name, parse_kl_type
 
 
@@ -40,6 +43,8 @@ def validate_config(config: Any) -> None:
     algorithm = config.algorithm
     if algorithm.get("use_kl_in_reward", False):
         check_kl_type(algorithm.get("kl_penalty"), "algorithm.kl_penalty")
+    if algorithm.get("adv_estimator") == advantage.ESTIMATOR:
+        advantage.objective_from(algorithm)
 
 
 def install() -> None:
