@@ -3,7 +3,11 @@ ActorConfig our checks hook into); bad names fail there with TRL's messages."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +47,12 @@ def validate(overrides: list[str]):
     config = compose(overrides)
     validate_config(config, use_reference_policy=True, use_critic=False)
     our_validate_config(config)
+    if script == "grpo_reweighting.sh":  # the later override of the base script's grpo wins, as on the command line
+        assert config.algorithm.adv_estimator == "trl_divergences"
+    elif env.get("IN_REWARD") == "1":
+        assert config.algorithm.use_kl_in_reward and config.algorithm.kl_penalty == env["DIVERGENCE"]
+    else:
+        assert config.actor_rollout_ref.actor.kl_loss_type == "forward_kl:k3+"
     return config
 
 
@@ -119,3 +129,41 @@ def test_reweighting_estimator_refusal_at_validation():
                 "+algorithm.trl_divergences.reweighting_kwargs.mode=nsr",
             ]
         )
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "verl"
+
+
+def example_overrides(tmp_path, script: str, **env: str) -> list[str]:
+    """The hydra overrides a launch script passes to ``verl.trainer.main_ppo`` (``python3`` shimmed on PATH)."""
+    shim = tmp_path / "python3"
+    shim.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    shim.chmod(0o755)
+    environ = {**os.environ, **env, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(["bash", str(EXAMPLES / script)], capture_output=True, text=True, env=environ, check=True)
+    argv = json.loads(out.stdout.strip().splitlines()[-1])
+    assert argv[:2] == ["-m", "verl.trainer.main_ppo"]
+    return argv[2:]
+
+
+@pytest.mark.parametrize(
+    ("script", "env"),
+    [
+        ("grpo_divergence.sh", {}),
+        ("grpo_divergence.sh", {"DIVERGENCE": "js(beta=0.3):k3+", "IN_REWARD": "1"}),
+        ("grpo_reweighting.sh", {"REWEIGHTING": "success_adaptive"}),
+    ],
+)
+def test_example_scripts_compose_and_validate(tmp_path, script, env):
+    overrides = example_overrides(tmp_path, script, GPUS="1", **env)
+    config = compose([o for o in overrides if not o.startswith("trainer.n_gpus_per_node")])
+    from verl.utils.config import validate_config
+
+    validate_config(config, use_reference_policy=True, use_critic=False)
+    our_validate_config(config)
+    if script == "grpo_reweighting.sh":  # the later override of the base script's grpo wins, as on the command line
+        assert config.algorithm.adv_estimator == "trl_divergences"
+    elif env.get("IN_REWARD") == "1":
+        assert config.algorithm.use_kl_in_reward and config.algorithm.kl_penalty == env["DIVERGENCE"]
+    else:
+        assert config.actor_rollout_ref.actor.kl_loss_type == "forward_kl:k3+"
