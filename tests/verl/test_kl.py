@@ -55,9 +55,9 @@ def test_expected_value_and_gradient_exact(spec, seed):
     grad_d = grad_of(exact, theta)
     grad_rkl = grad_of(lambda t: oracle("reverse_kl", torch.softmax(t, -1), q), theta)
     # ":k3+" is our estimator; verl's "+" is reached after any other estimator or the bare name (k3)
-    cases = [(est, "") for est in estimators(name)] + [("k1", "+"), (None, "+")]
+    cases = [(est, "") for est in estimators(name)] + [(None, ""), ("k1", "+"), (None, "+")]
     for spelled, plus in cases:
-        est = spelled or "k3"
+        est = spelled or "k3+"
         kl_type = kl_name(name, kw, spelled, plus)
 
         def expected(t, kl_type=kl_type, lr=lr):
@@ -65,7 +65,7 @@ def test_expected_value_and_gradient_exact(spec, seed):
             return (lp.exp().detach() * core_algos.kl_penalty(lp, lr, kl_type)).sum()
 
         value = expected(theta).detach()
-        if est in ("k1", "k3"):
+        if est in ("k1", "k3", "k3+"):
             torch.testing.assert_close(value, exact(theta).detach(), rtol=1e-9, atol=1e-12)
         lp = torch.log_softmax(theta, -1).detach()
         term = div.term(*div.floored(lp, lr)).detach()
@@ -83,7 +83,7 @@ def test_expected_value_and_gradient_exact(spec, seed):
 
 @pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
 def test_monte_carlo_value(spec):
-    """Mean of kl_penalty over tokens sampled from π -> the oracle D (k1, k3 and the default name)."""
+    """Mean of kl_penalty over tokens sampled from π -> the oracle D (the bare name, k1, k3+)."""
     name, kw = spec
     theta, lr = categorical(7)
     p = torch.softmax(theta.detach(), -1)

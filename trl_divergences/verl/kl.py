@@ -11,7 +11,8 @@ actor workers' ``ppo_loss`` and the driver's in-reward ``apply_kl_penalty``)::
 
     <divergence>[(<kwarg>=<value>, ...)][:<estimator>][+]
 
-e.g. ``forward_kl`` (estimator k3, the default as in TRL), ``js(beta=0.3):k3+``, ``chi2:k1``, ``forward_kl+``.
+e.g. ``forward_kl`` (estimator k3+: TRL's default k3 value and, without TRL's importance weight, still the
+divergence's gradient), ``js(beta=0.3):k3``, ``chi2:k1``, ``forward_kl+``.
 ``:k3+`` is our straight-through estimator (gradient (f'(1/r) − f'(1))∇log π(y), unbiased for ∇D_f); a further
 trailing ``+`` after any other estimator (or after the bare name) is verl's own straight-through. Names with
 kwargs need quoting in a hydra override (``'kl_loss_type=js(beta=0.3):k3'``).
@@ -32,8 +33,9 @@ from torch import Tensor
 from ..divergences import DIVERGENCES, Divergence, get_divergence
 from ..objective import FULL, check_estimator
 
-#: the estimator a bare divergence name uses (TRL's default ``divergence_estimator``)
-DEFAULT_ESTIMATOR = "k3"
+#: the estimator a bare divergence name uses: k3+, whose value is k3 (TRL's default) and whose expected gradient is
+#: ∇D without an importance weight; TRL's k3 has that gradient only through TRL's π/π_old weight, which verl lacks
+DEFAULT_ESTIMATOR = "k3+"
 #: verl 0.9.1's own ``kl_penalty_forward`` names (``full`` among them raises ``NotImplementedError`` there)
 VERL_KL_TYPES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "full")
 
