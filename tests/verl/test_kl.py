@@ -170,3 +170,28 @@ def test_bad_names_fail_when_the_actor_config_is_built(kl_type, message):
 def test_full_is_refused_by_the_per_token_kl_penalty():
     with pytest.raises(ValueError, match="exact over the vocabulary"):
         core_algos.kl_penalty(torch.zeros(2), torch.zeros(2), "forward_kl:full")
+
+
+@pytest.mark.parametrize("kl_type", ["forward_kl:k1", "js(beta=0.3)", "chi2:k3", "hellinger+"])
+def test_in_reward_penalty_through_apply_kl_penalty(kl_type):
+    """verl's driver-side ``apply_kl_penalty`` (``algorithm.use_kl_in_reward``): rewards − β·(our estimate of the
+    rollout policy's log-probs against ρ's), masked."""
+    ray_trainer = pytest.importorskip("verl.trainer.ppo.ray_trainer")
+    from verl import DataProto
+
+    from trl_divergences.verl.kl import parse_kl_type
+
+    r = make_rollouts([2, 2, 2], [3, 5, 2], vocab=6, seed=5, dtype=torch.float32)
+    lp, lr = (t.detach() for t in r.logps())
+    scores = torch.zeros(3, 5)
+    scores[torch.arange(3), torch.tensor([2, 4, 1])] = torch.tensor([1.0, 0.0, 1.0])
+    mask = r.mask.float()
+    data = DataProto.from_dict(
+        tensors={"old_log_probs": lp, "ref_log_prob": lr, "response_mask": mask, "token_level_scores": scores}
+    )
+    data, metrics = ray_trainer.apply_kl_penalty(data, core_algos.FixedKLController(kl_coef=0.1), kl_penalty=kl_type)
+    spec = parse_kl_type(kl_type)
+    per_token = spec.divergence.sampled(lp, lr, spec.estimator) * mask
+    torch.testing.assert_close(data.batch["token_level_rewards"], scores - 0.1 * per_token)
+    want_kl = ((per_token.sum(-1) / mask.sum(-1)).mean()).item()
+    assert metrics["actor/reward_kl_penalty"] == pytest.approx(want_kl, rel=1e-6)
