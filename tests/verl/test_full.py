@@ -146,9 +146,9 @@ def test_exact_divergence_through_the_engine_matches_float64(name, kwargs, monke
     want_div = torch.cat(ds).sum() / n_tokens
     want = sum(-a * torch.exp(lp - lp.detach()).sum() for a, lp in zip(adv, lps)) / n_tokens + 0.3 * want_div
     metrics = out["metrics"]
-    assert metrics["kl_loss"].values[0].item() == pytest.approx(float(want_div), rel=1e-5)
-    assert metrics[f"divergence/{name}"].values[0].item() == pytest.approx(float(want_div), rel=1e-5)
-    assert float(loss) == pytest.approx(float(want), rel=1e-5, abs=1e-7)
+    assert float(metrics["kl_loss"].values[0]) == pytest.approx(want_div.item(), rel=1e-5)
+    assert float(metrics[f"divergence/{name}"].values[0]) == pytest.approx(want_div.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-7)
 
     want.backward()
     grads64 = dict(policy64.named_parameters())

@@ -166,7 +166,7 @@ def full_ppo_loss(
     info.update(global_batch_size=data["global_batch_size"], loss_scale_factor=config.loss_scale_factor)
     kl_loss = agg_loss(loss_mat=divergence, loss_mask=mask, loss_agg_mode=config.loss_agg_mode, **info)
     aggregation = metrics["actor/pg_loss"].aggregation
-    metrics["kl_loss"] = Metric(value=kl_loss, aggregation=aggregation)
-    metrics[f"divergence/{spec.divergence.name}"] = Metric(value=kl_loss, aggregation=aggregation)
+    metrics["kl_loss"] = Metric(value=kl_loss.detach(), aggregation=aggregation)
+    metrics[f"divergence/{spec.divergence.name}"] = Metric(value=kl_loss.detach(), aggregation=aggregation)
     metrics["kl_coef"] = config.kl_loss_coef
     return loss + config.kl_loss_coef * kl_loss.to(loss.dtype), metrics
