@@ -15,7 +15,8 @@ e.g. ``forward_kl`` (estimator k3+: TRL's default k3 value and, without TRL's im
 divergence's gradient), ``js(beta=0.3):k3``, ``chi2:k1``, ``forward_kl+``.
 ``:k3+`` is our straight-through estimator (gradient (f'(1/r) − f'(1))∇log π(y), unbiased for ∇D_f); a further
 trailing ``+`` after any other estimator (or after the bare name) is verl's own straight-through. Names with
-kwargs need quoting in a hydra override (``'kl_loss_type=js(beta=0.3):k3'``).
+kwargs need the value quoted in a hydra override (``"actor_rollout_ref.actor.kl_loss_type='js(beta=0.3):k3'"`` in a
+shell).
 
 verl multiplies its KL loss by no importance weight π/π_old, so every estimator enters with TRL's
 ``use_bias_correction_kl=False`` convention (see the README's verl gradient table).
