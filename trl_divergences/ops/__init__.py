@@ -7,6 +7,8 @@ Public ops (shapes: leading dims ``...`` are flattened to N rows):
   materializing either side's logits in full;
 * :func:`fused_linear_divergence_loss` — the scalar Σ (w_logp·logp + w_ent·H + w_div·D) for known per-token weights,
   with the gradients computed in the forward (no recomputation of the projections: as fast as naive, tiled memory);
+* :func:`divergence_from_ref_hidden` (:mod:`.ref_hidden`, chunked torch) — D from policy logits [N, V] and reference
+  hidden states [M, H] × the reference lm_head, for frameworks that hand the loss the policy's logits (verl);
 * :func:`nucleus_stats` / :func:`fused_linear_nucleus_stats` (:mod:`.nucleus`, chunked torch only) — SIREN's top-p
   entropy (differentiable), the probability mass above the target and Lp-Reg's min-p proxy log-probability, as a
   :class:`NucleusStats`, from logits or from hidden states and lm_head weights.
@@ -26,6 +28,7 @@ from torch import Tensor
 from ..registry import DIVERGENCES
 from . import chunked, naive
 from .nucleus import NucleusStats, fused_linear_nucleus_stats, nucleus_stats
+from .ref_hidden import divergence_from_ref_hidden
 
 if TYPE_CHECKING:
     from ..divergences import Divergence
@@ -35,6 +38,7 @@ IMPLS = ("auto", "chunked", "naive", "triton")
 __all__ = [
     "IMPLS",
     "NucleusStats",
+    "divergence_from_ref_hidden",
     "fused_linear_divergence_loss",
     "fused_linear_logprob_entropy_divergence",
     "fused_linear_nucleus_stats",

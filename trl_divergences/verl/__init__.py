@@ -1,0 +1,40 @@
+"""verl 0.9.1 plugin: our divergences as ``kl_loss_type`` / ``algorithm.kl_penalty`` names (:mod:`.kl`), validated
+early (:mod:`.config`); advantage reweightings as ``algorithm.adv_estimator=trl_divergences`` (:mod:`.advantage`);
+the exact divergence's engine-level loss functions (:mod:`.full`).
+
+Loaded by the ``verl.plugins`` entry point, which verl imports on ``import verl`` in every process (driver,
+TaskRunner, every Ray worker); where the package cannot be pip-installed on the workers, set
+``VERL_USE_EXTERNAL_MODULES=trl_divergences.verl`` (e.g. ``+ray_kwargs.ray_init.runtime_env.env_vars.
+VERL_USE_EXTERNAL_MODULES=trl_divergences.verl``). Registration runs at import time (verl imports entry points, it
+never calls them). verl logs a failing plugin at DEBUG level only, so a failure here is logged at ERROR with its
+traceback and re-raised; :data:`REGISTERED` says whether it succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+#: True once every patch below is installed in this process
+REGISTERED = False
+
+
+def _register() -> None:
+    global REGISTERED
+    from . import advantage, config, kl
+
+    kl.install()
+    config.install()
+    advantage.install()
+    REGISTERED = True
+
+
+try:
+    _register()
+except Exception:
+    logger.exception(
+        "trl-divergences: registering the verl plugin failed; our kl_loss_type names are NOT available in this "
+        "process (verl would only log this at DEBUG level)"
+    )
+    raise
