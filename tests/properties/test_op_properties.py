@@ -68,8 +68,10 @@ def test_logits_op_matches_naive(spec, shape, dtype, masked, data):
         assert o.dtype == r.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
         assert torch.isfinite(o).all()
         torch.testing.assert_close(o, r, rtol=tol, atol=tol)
-    assert grad.dtype == dtype and torch.isfinite(grad).all()
-    _close_in_norm(grad, ref_grad, grad_tol)
+    assert grad.dtype == dtype
+    finite = torch.isfinite(ref_grad)  # fp16 overflows where χ² / α grow like e^50 (a one-sided mask): both paths
+    assert (torch.isfinite(grad) == finite).all() and (finite.all() or dtype == torch.float16)
+    _close_in_norm(grad[finite], ref_grad[finite], grad_tol)
 
 
 @FAST
