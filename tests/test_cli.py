@@ -15,14 +15,8 @@ import torch
 import yaml
 
 from trl_divergences import cli
-from trl_divergences.toy import (
-    BaseModelConfig,
-    build_random_model,
-    load_tokenizer,
-    make_dataset,
-    parse_prompt,
-    sum_reward,
-)
+from trl_divergences.loading import load_tokenizer
+from trl_divergences.toy import BaseModelConfig, build_random_model, make_dataset, parse_prompt, sum_reward
 from trl_divergences.trl.config import DivergenceGRPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,30 +69,27 @@ def _overrides(name: str, model: str, store: str, out: Path) -> list[str]:
     return ["--model_name_or_path", model, "--output_dir", str(out), "--disable_tqdm", "true", *SMALL, *extra]
 
 
-# ---- loaders ---------------------------------------------------------------------------------------------------
-def test_object_paths_load_and_bad_ones_name_the_argument():
-    assert cli.load_object("trl_divergences.toy:sum_reward", "reward_funcs") is sum_reward
+# ---- loaders (trl_divergences.loading, with the field named in the errors) ---------------------------------
+def test_reward_funcs_load_and_bad_ones_name_the_field():
     assert cli.load_reward_funcs(["trl_divergences.toy:sum_reward"]) == [sum_reward]
     for spec, match in [
-        ("trl_divergences.toy.sum_reward", "must be a 'package.module:function' path"),
-        ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
-        ("trl_divergences.toy:nope", "has no attribute 'nope'"),
-        ("trl_divergences.toy:N_TRAIN", "is not callable"),
+        ("trl_divergences.toy.sum_reward", "expected 'package.module:function'"),
+        ("no_such_module_xyz:f", "No module named 'no_such_module_xyz'"),
+        ("trl_divergences.toy:nope", "has no callable 'nope'"),
+        ("trl_divergences.toy:N_TRAIN", "has no callable 'N_TRAIN'"),
     ]:
-        with pytest.raises(ValueError, match=f"reward_funcs.*{match}"):
+        with pytest.raises(ValueError, match=f"reward_funcs '{spec}': .*{match}"):
             cli.load_reward_funcs([spec])
     with pytest.raises(ValueError, match="reward_funcs is required"):
         cli.load_reward_funcs([])
 
 
-def test_model_names_pass_through_and_object_paths_are_called(tmp_path):
-    assert cli.resolve_model("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
-    folder = tmp_path / "a:b"  # an existing folder wins over the object-path reading
-    folder.mkdir()
-    assert cli.resolve_model(str(folder)) == str(folder) and not cli.is_object_path(str(folder))
-    assert cli.resolve_model("os:getcwd") == os.getcwd()
-    with pytest.raises(ValueError, match="model_name_or_path is required"):
-        cli.resolve_model(None)
+def test_reward_modules_in_the_working_directory_are_importable(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards_for_cli_test.py").write_text("def score(prompts, completions, **kw):\n    return [1.0]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    (func,) = cli.load_reward_funcs(["my_rewards_for_cli_test:score"])
+    assert func([], []) == [1.0]
 
 
 def test_dataset_from_local_folders_and_loaders(tmp_path):
@@ -108,13 +99,18 @@ def test_dataset_from_local_folders_and_loaders(tmp_path):
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "train.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rows["prompt"]))
     for name in ("one", "dict", "files"):
-        assert cli.load_dataset_split(str(tmp_path / name), "train")["prompt"] == rows["prompt"]
-    assert (
-        cli.load_dataset_split("trl_divergences.toy:make_dataset", "heldout")["prompt"]
-        == make_dataset("heldout")["prompt"]
-    )
-    with pytest.raises(ValueError, match="has no split 'test'; splits: train"):
-        cli.load_dataset_split(str(tmp_path / "dict"), "test")
+        assert cli.load_split(str(tmp_path / name), "train")["prompt"] == rows["prompt"]
+    heldout = cli.load_split("trl_divergences.toy:make_dataset", "heldout")
+    assert heldout["prompt"] == make_dataset("heldout")["prompt"]
+
+
+def test_missing_model_or_dataset_names_the_field(tmp_path):
+    for argv, match in [([], "model_name_or_path is required"), (["--model_name_or_path", "m"], "dataset_name")]:
+        parsed = cli.make_parser().parse_args_and_config(
+            [*argv, "--output_dir", str(tmp_path), "--use_cpu", "--bf16", "false", "--report_to", "none"]
+        )
+        with pytest.raises(ValueError, match=match):
+            cli.train(*parsed)
 
 
 def test_unknown_command_and_help(capsys):
@@ -128,7 +124,7 @@ def test_unknown_command_and_help(capsys):
 def test_console_script_is_declared():
     tomllib = pytest.importorskip("tomllib")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert cli.load_object(scripts["trl_divergences"], "script") is cli.main
+    assert cli.load_named(scripts["trl_divergences"], "script") is cli.main
 
 
 # ---- recipes ---------------------------------------------------------------------------------------------------
@@ -144,7 +140,7 @@ def test_recipe_parses_into_the_configs(name, tmp_path):
     script, args, model = cli.make_parser().parse_args_and_config(
         ["--config", str(RECIPES / f"{name}.yaml"), "--rehearsal_dataset", str(tmp_path / "store")]
     )
-    assert model.model_name_or_path == "trl_divergences.toy:build_base_model"
+    assert model.model_name_or_path == "trl_divergences.toy:build_base_model" and script.processing_class is None
     assert script.reward_funcs == ["trl_divergences.toy:sum_reward"]
     for field in OWN_FIELDS & set(recipe) - {"rehearsal_dataset"}:
         assert getattr(args, field) == recipe[field]

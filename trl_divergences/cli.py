@@ -1,7 +1,7 @@
 """The ``trl_divergences`` command: GRPO with any :class:`~trl_divergences.DivergenceGRPOConfig` field, the way
 ``trl grpo`` runs (TRL's ``TrlParser``: a YAML recipe by ``--config``, command-line flags override it)::
 
-    trl_divergences grpo --config examples/recipes/forward_kl_sampled.yaml [--max_steps 20 --output_dir runs/x ...]
+    trl_divergences grpo --config examples/recipes/divergence_sampled.yaml [--max_steps 20 --output_dir runs/x ...]
     python -m trl_divergences.cli grpo ...        # the same, without the console script
 
 Besides every ``DivergenceGRPOConfig`` (= ``GRPOConfig`` + ours) and ``ModelConfig`` field (PEFT, dtype, ...):
@@ -12,25 +12,24 @@ Besides every ``DivergenceGRPOConfig`` (= ``GRPOConfig`` + ours) and ``ModelConf
   with the split name (``trl_divergences.toy:make_dataset`` is the toy task); splits ``dataset_train_split`` and,
   when evaluating, ``dataset_test_split``;
 * ``reward_funcs``: TRL reward functions as ``module:function`` paths (``trl_divergences.toy:sum_reward``);
-* ``processing_class``: ``module:function`` called with the model's path, returning its tokenizer (default: TRL
-  loads it; the toy model needs ``trl_divergences.toy:load_tokenizer``).
+* ``processing_class``: optional ``module:function`` called with the model's path, returning its processing class
+  (default: the model's tokenizer, :func:`trl_divergences.loading.load_tokenizer`).
+
+Names, folders and ``module:function`` paths are resolved by :mod:`trl_divergences.loading`.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from trl import ScriptArguments
 
-#: ``package.module:attribute`` — an object to import, as opposed to a hub name or a path
-_OBJECT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+from .loading import load_callable, load_dataset, load_tokenizer, resolve_model
+
 COMMANDS = ("grpo",)
 
 
@@ -52,69 +51,38 @@ class GRPOScriptArguments(ScriptArguments):
     processing_class: str | None = field(
         default=None,
         metadata={
-            "help": "`module:function` called with the model's path, returning its tokenizer (default: TRL's "
-            "AutoProcessor), e.g. trl_divergences.toy:load_tokenizer for the toy model."
+            "help": "`module:function` called with the model's path, returning its processing class (default: the "
+            "model's tokenizer, as saved)."
         },
     )
 
 
-def is_object_path(spec: str) -> bool:
-    """True for ``package.module:attribute`` that is not an existing file or folder."""
-    return bool(_OBJECT_PATH.match(spec)) and not Path(spec).exists()
-
-
-def load_object(spec: str, what: str) -> Any:
-    """Import ``package.module:attribute`` (the working directory is importable, as for ``trl grpo``)."""
-    if not _OBJECT_PATH.match(spec):
-        raise ValueError(f"{what} must be a 'package.module:function' path, got {spec!r}")
-    module_name, _, attr = spec.partition(":")
+def load_named(spec: str, what: str) -> Callable[..., Any]:
+    """:func:`~trl_divergences.loading.load_callable` with the field named in its errors; the working directory is
+    importable (a ``rewards.py`` beside the recipe), as for ``trl grpo``."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"{what} {spec!r}: cannot import {module_name!r} ({err})") from err
-    if not hasattr(module, attr):
-        raise ValueError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}")
-    return getattr(module, attr)
+        return load_callable(spec)
+    except (ValueError, ImportError) as err:
+        raise ValueError(f"{what} {spec!r}: {err}") from err
 
 
-def resolve_model(name_or_path: str | None) -> str:
-    """The model's hub name or folder; a ``module:function`` is called (no arguments) for it."""
-    if not name_or_path:
-        raise ValueError("model_name_or_path is required (a hub name, a local folder or 'module:function')")
-    if is_object_path(name_or_path):
-        return str(load_object(name_or_path, "model_name_or_path")())
-    return name_or_path
-
-
-def load_dataset_split(name: str, split: str, config: str | None = None, streaming: bool = False):
-    """One split of a dataset: ``module:function`` (called with ``split``), a ``save_to_disk`` folder, or anything
-    ``datasets.load_dataset`` takes (hub names, folders of data files)."""
+def load_split(name: str, split: str, config: str | None = None, streaming: bool = False):
+    """One split of ``dataset_name`` (:func:`~trl_divergences.loading.load_dataset`; a hub configuration name or
+    streaming go to ``datasets.load_dataset`` directly)."""
+    if config is None and not streaming:
+        return load_dataset(name, split)
     import datasets
 
-    if is_object_path(name):
-        loaded = load_object(name, "dataset_name")(split)
-    elif (Path(name) / "state.json").is_file() or (Path(name) / "dataset_dict.json").is_file():
-        loaded = datasets.load_from_disk(name)
-    else:
-        return datasets.load_dataset(name, name=config, split=split, streaming=streaming)
-    if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        if split not in loaded:
-            raise ValueError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(loaded)}")
-        return loaded[split]
-    return loaded
+    return datasets.load_dataset(name, name=config, split=split, streaming=streaming)
 
 
 def load_reward_funcs(specs: Sequence[str]) -> list[Callable[..., list[float]]]:
     """The reward functions named by ``module:function`` paths (at least one)."""
     if not specs:
         raise ValueError("reward_funcs is required: one or more 'module:function' TRL reward functions")
-    funcs = [load_object(spec, "reward_funcs") for spec in specs]
-    for spec, func in zip(specs, funcs):
-        if not callable(func):
-            raise ValueError(f"reward_funcs {spec!r} is not callable")
-    return funcs
+    return [load_named(spec, "reward_funcs") for spec in specs]
 
 
 def make_parser(prog: str = "trl_divergences grpo"):
@@ -131,23 +99,24 @@ def train(script_args: GRPOScriptArguments, training_args, model_args):
 
     from .trl import DivergenceGRPOTrainer
 
-    model = resolve_model(model_args.model_name_or_path)
-    reward_funcs = load_reward_funcs(script_args.reward_funcs)
+    if not model_args.model_name_or_path:
+        raise ValueError("model_name_or_path is required (a hub name, a local folder or 'module:function')")
     if not script_args.dataset_name:
         raise ValueError("dataset_name is required (a hub name, a local folder or 'module:function')")
+    model = resolve_model(model_args.model_name_or_path)
+    reward_funcs = load_reward_funcs(script_args.reward_funcs)
     init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
     if model_args.attn_implementation is not None:
         init_kwargs["attn_implementation"] = model_args.attn_implementation
     training_args.model_init_kwargs = {**init_kwargs, **(training_args.model_init_kwargs or {})}
 
     def split(name: str):
-        return load_dataset_split(
-            script_args.dataset_name, name, script_args.dataset_config, script_args.dataset_streaming
-        )
+        return load_split(script_args.dataset_name, name, script_args.dataset_config, script_args.dataset_streaming)
 
-    processing_class = None
     if script_args.processing_class:
-        processing_class = load_object(script_args.processing_class, "processing_class")(model)
+        processing_class = load_named(script_args.processing_class, "processing_class")(model)
+    else:
+        processing_class = load_tokenizer(model)
     trainer = DivergenceGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,

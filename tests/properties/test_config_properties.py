@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from trl_divergences.curricula import CURRICULA, SCHEDULES
 from trl_divergences.divergences import DIVERGENCES
 from trl_divergences.masks import TOKEN_MASKS
+from trl_divergences.objective import KWARGS_FIELDS
 from trl_divergences.registry import Registry
 from trl_divergences.rehearsal.loss import REHEARSAL_DIVERGENCES
 from trl_divergences.reweighting import ADVANTAGE_REWEIGHTINGS
 from trl_divergences.trl import DivergenceGRPOConfig
-from trl_divergences.trl.config import JSON_FIELDS
 
 from ._strategies import examples
 
@@ -173,8 +173,7 @@ def test_random_configs_construct_or_name_a_field(parts):
     event("constructed")
     bad = sorted(name for name, part in parts.items() if part.bad)
     assert not bad, f"accepted certainly invalid {bad}: {[fields[b] for b in bad]}"
-    for build in (config.build_divergence, config.build_token_masks, config.build_reweighting):
-        build()
+    config.build_objective()  # the trainer builds it again from the validated fields
 
 
 #: (field, its kwargs field, registry) of every kind of method
@@ -221,7 +220,7 @@ def test_one_invalid_hyper_parameter_is_named(kind_and_name, data):
         *[("token_masks", v, "token.mask") for v in ("siren", None, ["nope"], [3], ["siren", "siren"])],
         *[(f, v, w) for f, w in (("advantage_reweighting", "reweighting"), ("curriculum", "curriculum"),
                                  ("coefficient_schedule", "schedule")) for v in ("nope", 3)],
-        *[(f, v, f) for f in JSON_FIELDS for v in ([], 3, "beta=0.3")],
+        *[(f, v, f) for f in KWARGS_FIELDS for v in ([], 3, "beta=0.3")],
         *[("correct_reward_threshold", v, "correct_reward_threshold") for v in (NAN, math.inf, "1", None)],
         *[("rehearsal_coef", v, "rehearsal_coef") for v in (-0.1, NAN, "0.1", None)],
         *[("rehearsal_batch_size", v, "rehearsal_batch_size") for v in (0, -2, 2.5, "2")],
