@@ -171,3 +171,24 @@ def test_all_masked_but_one(spec, dtype: torch.dtype) -> None:
         torch.testing.assert_close(
             value[1:].double(), torch.full((2,), expected, dtype=torch.float64), rtol=1e-6, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
+def test_k3_plus_of_a_masked_sampled_token_is_finite_without_gradient(spec) -> None:
+    """Regression (found by tests/properties): k3+'s straight-through term used the raw log-prob, so a −inf one
+    (a padding position, later multiplied by a zero mask) gave NaN, and NaN · 0 = NaN in the loss."""
+    name, kw = spec
+    div = td.get_divergence(name, **kw)
+    logp = torch.tensor([-0.5, NEG_INF, -1e9], dtype=torch.float64, requires_grad=True)
+    value = div.sampled(logp, torch.tensor([-0.7, -0.7, -0.7], dtype=torch.float64), "k3+")
+    (grad,) = torch.autograd.grad(value.sum(), logp)
+    torch.testing.assert_close(value[1], value[2])  # −inf and −1e9 are the same masked entry
+    assert torch.isfinite(value).all() and grad[0] != 0 and (grad[1:] == 0).all()
+
+
+def test_lp_reg_k3_of_a_masked_policy_log_prob_is_the_upper_clamp() -> None:
+    """Regression (found by tests/properties): k3 = r − 1 − log r ≥ 0, but log π = −inf gave e^80 − inf = −inf,
+    clamped to −10; it is +10 like log π = −1e9."""
+    div = td.get_divergence("lp_reg")
+    logp = torch.tensor([NEG_INF, -1e9], dtype=torch.float64)
+    assert div.sampled(logp, torch.zeros(2, dtype=torch.float64)).tolist() == [10.0, 10.0]

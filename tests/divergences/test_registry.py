@@ -68,6 +68,8 @@ def test_non_string_name_raises() -> None:
         ("alpha", {"alpha": float("nan")}, "nan"),
         ("alpha", {"alpha": float("inf")}, "inf"),
         ("alpha", {"alpha": None}, "None"),
+        ("alpha", {"alpha": True}, "True"),  # regression (tests/properties): a bool was taken as α = 1
+        ("hellinger", {"log_floor": True}, "True"),
         ("alpha", {"beta": 0.5}, "alpha"),
         ("hellinger", {"log_floor": 10.0}, "10.0"),
         ("hellinger", {"log_floor": float("-inf")}, "inf"),

@@ -163,7 +163,7 @@ class Divergence:
             return k3
         # k3+: straight-through. f'(u) at the sampled token is dterm(0, log r) = 1·f'(1/r).
         slope = (self.dterm(zero, log_r) - self.f_prime_at_1).detach()
-        return k3.detach() + slope * (lp - lp.detach())
+        return k3.detach() + slope * (lpf - lpf.detach())  # floored: a masked log-prob (−inf) gets no gradient
 
     def reference_sampled(self, logp: Tensor, ref_logp: Tensor) -> Tensor:
         """Per-token generator-form estimate on tokens sampled from the *reference* (DPH-RL, "The Choice of

@@ -163,7 +163,7 @@ class AlphaDivergence(Divergence):
 
     def __init__(self, *, alpha: float = 0.5, log_floor: float = DEFAULT_LOG_FLOOR) -> None:
         super().__init__(log_floor=log_floor)
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha)):
+        if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and math.isfinite(alpha)):
             raise ValueError(f"alpha: alpha must be a finite real number, got {alpha!r}")
         self.alpha = float(alpha)
         self._limit: Divergence | None = None

@@ -97,8 +97,8 @@ class LpReg(ForwardKL):
         return {"kappa": self.kappa, "rho": self.rho, "clamp": self.clamp, "scope": self.scope, **super().kwargs()}
 
     def _sampled(self, lp: Tensor, lr: Tensor, estimator: str) -> Tensor:
-        log_r = lr.clamp(min=MASKED_LOG_PROB) - lp
-        return (torch.expm1(log_r.clamp(max=EXP_CAP)) - log_r).clamp(-self.clamp, self.clamp)
+        log_r = (lr.clamp(min=MASKED_LOG_PROB) - lp).clamp(max=EXP_CAP)  # lp = −inf: the cap, not e^80 − inf = −inf
+        return (torch.expm1(log_r) - log_r).clamp(-self.clamp, self.clamp)
 
     def select(
         self, logps: Tensor, proxy_logps: Tensor, advantages: Tensor, mask: Tensor, gather: Gather | None = None

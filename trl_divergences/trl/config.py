@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,22 @@ from ..reweighting import ADVANTAGE_REWEIGHTINGS
 
 #: loss types whose normalizer is a token count, so rollouts dropped from the loss leave the mean (PSR/NSR)
 TOKEN_MEAN_LOSS_TYPES = ("bnpo", "dapo")
+
+
+def _parse_json_fields(config: Any) -> None:
+    """Decode the ``*_kwargs`` fields given as strings (the command line's form, ``--divergence_kwargs '{"beta":
+    0.3}'``; typed ``dict | str | None`` for ``HfArgumentParser``, as TRL types ``model_init_kwargs``); bad JSON raises
+    ``ValueError`` naming the field."""
+    for name in KWARGS_FIELDS:
+        value = getattr(config, name)
+        if not isinstance(value, str):
+            continue
+        try:
+            setattr(config, name, json.loads(value))
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{name} must be a JSON object, e.g. --{name} '{{\"key\": 0.5}}'; got {value!r} ({err})"
+            ) from None
 
 
 @dataclass
@@ -41,9 +58,12 @@ class DivergenceGRPOConfig(GRPOConfig):
             "(value k3, unbiased gradient) for every divergence, and 'k2' for reverse_kl."
         },
     )
-    divergence_kwargs: dict[str, Any] = field(
+    divergence_kwargs: dict[str, Any] | str | None = field(
         default_factory=dict,
-        metadata={"help": "Hyper-parameters of the divergence, e.g. {'beta': 0.5} for js, {'alpha': 0.5} for alpha."},
+        metadata={
+            "help": 'Hyper-parameters of the divergence (JSON on the command line), e.g. {"beta": 0.5} for js, '
+            '{"alpha": 0.5} for alpha.'
+        },
     )
 
     # ---- the method catalog: token masks, advantage reweighting, curricula, schedules -------------------------
@@ -54,22 +74,29 @@ class DivergenceGRPOConfig(GRPOConfig):
             f"{', '.join(TOKEN_MASKS.names())}."
         },
     )
-    token_mask_kwargs: dict[str, dict[str, Any]] = field(
+    token_mask_kwargs: dict[str, dict[str, Any]] | str | None = field(
         default_factory=dict,
-        metadata={"help": "Hyper-parameters per mask, e.g. {'siren': {'coef': 0.005}, 'eksft': {'ratio': 0.2}}."},
+        metadata={
+            "help": 'Hyper-parameters per mask (JSON on the command line), e.g. {"siren": {"coef": 0.005}, '
+            '"eksft": {"ratio": 0.2}}.'
+        },
     )
     advantage_reweighting: str | None = field(
         default=None,
         metadata={"help": f"Advantage reweighting: one of {', '.join(ADVANTAGE_REWEIGHTINGS.names())}, or None."},
     )
-    reweighting_kwargs: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "Hyper-parameters of the reweighting, e.g. {'alpha': 0.5} for ace."}
+    reweighting_kwargs: dict[str, Any] | str | None = field(
+        default_factory=dict,
+        metadata={
+            "help": 'Hyper-parameters of the reweighting (JSON on the command line), e.g. {"alpha": 0.5} for ace.'
+        },
     )
     curriculum: str | None = field(
         default=None, metadata={"help": f"Prompt curriculum: one of {', '.join(CURRICULA.names())}, or None."}
     )
-    curriculum_kwargs: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "Hyper-parameters of the curriculum, e.g. {'std': 0.35}."}
+    curriculum_kwargs: dict[str, Any] | str | None = field(
+        default_factory=dict,
+        metadata={"help": 'Hyper-parameters of the curriculum (JSON on the command line), e.g. {"std": 0.35}.'},
     )
     coefficient_schedule: str | None = field(
         default=None,
@@ -78,8 +105,9 @@ class DivergenceGRPOConfig(GRPOConfig):
             f"{', '.join(SCHEDULES.names())}, or None."
         },
     )
-    schedule_kwargs: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "Hyper-parameters of the schedule, e.g. {'warmup_steps': 50}."}
+    schedule_kwargs: dict[str, Any] | str | None = field(
+        default_factory=dict,
+        metadata={"help": 'Hyper-parameters of the schedule (JSON on the command line), e.g. {"warmup_steps": 50}.'},
     )
     correct_reward_threshold: float = field(
         default=1.0,
@@ -115,11 +143,11 @@ class DivergenceGRPOConfig(GRPOConfig):
             "DPH-RL's ratio of 256 stored to 2048 RL samples."
         },
     )
-    rehearsal_kwargs: dict[str, Any] = field(
+    rehearsal_kwargs: dict[str, Any] | str | None = field(
         default_factory=dict,
         metadata={
-            "help": "Rehearsal loss options: log_ratio_clamp, value_clamp (None = off; default the official "
-            "20 / 10 for forward_kl), beta for js, alpha for alpha (default 0.8 = DPH-RL's 0.2)."
+            "help": "Rehearsal loss options (JSON on the command line): log_ratio_clamp, value_clamp (None = off; "
+            "default the official 20 / 10 for forward_kl), beta for js, alpha for alpha (default 0.8 = DPH-RL's 0.2)."
         },
     )
     rehearsal_exploration_only: bool = field(
@@ -128,6 +156,7 @@ class DivergenceGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
+        _parse_json_fields(self)
         super().__post_init__()
         self._validate_fields()
 
