@@ -132,3 +132,11 @@ def test_whole_groups_per_process_is_checked(monkeypatch):
     for method in ({"advantage_reweighting": "resrl"}, {"curriculum": "self"}):
         with pytest.raises(ValueError, match="rollouts on one process: .* \\(6\\) must be a multiple of"):
             DivergenceGRPOConfig(**COMMON, **layout, **method)
+
+
+def test_an_empty_rehearsal_store_is_refused_at_construction(tmp_path):
+    from trl_divergences.rehearsal.store import META
+
+    (tmp_path / META).write_text('{"n_samples": 0, "n_perfect": 0}')
+    with pytest.raises(ValueError, match="is empty .*nothing to rehearse"):
+        DivergenceGRPOConfig(**COMMON, rehearsal_dataset=str(tmp_path))

@@ -148,7 +148,7 @@ class Objective:
         self.divergence = get_divergence(divergence, **self.divergence_kwargs)
         self.estimator = divergence_estimator
         check_estimator(self.divergence, divergence_estimator)
-        if not (isinstance(coef, (int, float)) and not isinstance(coef, bool) and math.isfinite(coef)):
+        if not (_is_number(coef) and math.isfinite(coef)):
             raise ValueError(f"beta (the divergence coefficient) must be a finite number, got {coef!r}")
         self.coef = float(coef)
         self.token_masks = build_token_masks(token_masks, kwargs_dict("token_mask_kwargs", token_mask_kwargs))
@@ -164,13 +164,13 @@ class Objective:
         self.schedule: Schedule | None = _build_optional(
             SCHEDULES, coefficient_schedule, kwargs_dict("schedule_kwargs", schedule_kwargs), "schedule_kwargs"
         )
-        if not (isinstance(correct_reward_threshold, (int, float)) and math.isfinite(correct_reward_threshold)):
+        if not (_is_number(correct_reward_threshold) and math.isfinite(correct_reward_threshold)):
             raise ValueError(f"correct_reward_threshold must be a finite number, got {correct_reward_threshold!r}")
         self.correct_reward_threshold = float(correct_reward_threshold)
         self.rehearsal_loss: RehearsalLoss = build_rehearsal_loss(
             rehearsal_divergence, **kwargs_dict("rehearsal_kwargs", rehearsal_kwargs)
         )
-        if not (isinstance(rehearsal_coef, (int, float)) and rehearsal_coef >= 0):
+        if not (_is_number(rehearsal_coef) and math.isfinite(rehearsal_coef) and rehearsal_coef >= 0):
             raise ValueError(f"rehearsal_coef must be a non-negative number, got {rehearsal_coef!r}")
         self.rehearsal_coef = float(rehearsal_coef)
         self._validate()
@@ -506,6 +506,10 @@ class Objective:
             self.schedule.load_state_dict(state["schedule"])
         self.coef_now = state["coef_now"]
         self.divergence_now = self._divergence(state["divergence_now"])
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _identity(x: Tensor) -> Tensor:

@@ -80,7 +80,7 @@ def build_rehearsal_loss(name: str, **kwargs: Any) -> RehearsalLoss:
     default_ratio, default_value = OFFICIAL_CLAMPS.get(name, (None, None))
     clamps = (kwargs.pop("log_ratio_clamp", default_ratio), kwargs.pop("value_clamp", default_value))
     for label, clamp in zip(("log_ratio_clamp", "value_clamp"), clamps):
-        if clamp is not None and not (isinstance(clamp, (int, float)) and clamp > 0):
+        if clamp is not None and not (isinstance(clamp, (int, float)) and not isinstance(clamp, bool) and clamp > 0):
             raise ValueError(f"rehearsal {label} must be a positive number or None, got {clamp!r}")
     if name == "alpha":
         kwargs.setdefault("alpha", DEFAULT_ALPHA)

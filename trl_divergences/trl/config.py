@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,10 +195,24 @@ class DivergenceGRPOConfig(GRPOConfig):
 
         if self.rehearsal_batch_size is None:
             self.rehearsal_batch_size = max(1, self.per_device_train_batch_size // 8)
-        if not (isinstance(self.rehearsal_batch_size, int) and self.rehearsal_batch_size >= 1):
+        if not (
+            isinstance(self.rehearsal_batch_size, int)
+            and not isinstance(self.rehearsal_batch_size, bool)
+            and self.rehearsal_batch_size >= 1
+        ):
             raise ValueError(f"rehearsal_batch_size must be a positive integer, got {self.rehearsal_batch_size!r}")
+        if not isinstance(self.rehearsal_exploration_only, bool):
+            raise ValueError(f"rehearsal_exploration_only must be a bool, got {self.rehearsal_exploration_only!r}")
         if self.rehearsal_dataset is not None:
-            load_meta(self.rehearsal_dataset)
+            if not isinstance(self.rehearsal_dataset, (str, os.PathLike)):
+                raise ValueError(
+                    f"rehearsal_dataset must be a store folder path or None, got {self.rehearsal_dataset!r}"
+                )
+            if load_meta(self.rehearsal_dataset)["n_samples"] == 0:
+                raise ValueError(
+                    f"rehearsal store {self.rehearsal_dataset} is empty (no prompt was solved in every base sample): "
+                    "there is nothing to rehearse; build it with more samples per prompt or drop rehearsal_dataset"
+                )
 
     def build_objective(self) -> Objective:
         """The configured :class:`~trl_divergences.objective.Objective` (fresh method state)."""
