@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -79,3 +80,47 @@ def get_teacher_method(name: str, **kwargs) -> TeacherMethod:
 def list_teacher_methods() -> list[str]:
     """Names of all registered teacher methods."""
     return TEACHER_METHODS.names()
+
+
+def check_shared_tokenizer(
+    student_tokenizer: Any,
+    teacher_tokenizer: Any,
+    *,
+    student_name: str = "student",
+    teacher_name: str = "teacher",
+    student_vocab_size: int | None = None,
+    teacher_vocab_size: int | None = None,
+) -> None:
+    """Refuse a teacher that does not share the student's tokenizer: the teacher scores the student's token ids, so
+    both need the same token → id map (``get_vocab()``) and EOS id; with the models' vocabulary sizes (lm_head rows,
+    for the exact path over the vocabulary) those must agree too. ``ValueError`` naming both and what differs.
+    Duck-typed: tokenizers with ``get_vocab()`` and ``eos_token_id`` (transformers')."""
+    student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    who = f"the teacher {teacher_name!r} does not share the tokenizer of the student {student_name!r}"
+    if student_vocab != teacher_vocab:
+        only_student = sorted(set(student_vocab) - set(teacher_vocab))
+        only_teacher = sorted(set(teacher_vocab) - set(student_vocab))
+        moved = sorted(t for t in set(student_vocab) & set(teacher_vocab) if student_vocab[t] != teacher_vocab[t])
+        details = [
+            f"{label}: {names[:3]}{' …' if len(names) > 3 else ''} ({len(names)})"
+            for label, names in (
+                ("only the student's", only_student),
+                ("only the teacher's", only_teacher),
+                ("different ids", moved),
+            )
+            if names
+        ]
+        raise ValueError(
+            f"{who}: {len(student_vocab)} vs {len(teacher_vocab)} tokens; {'; '.join(details)}. Teacher-guided "
+            "methods score the student's token ids with the teacher: use a teacher with the student's tokenizer"
+        )
+    if student_tokenizer.eos_token_id != teacher_tokenizer.eos_token_id:
+        raise ValueError(
+            f"{who}: EOS ids differ (student {student_tokenizer.eos_token_id!r}, teacher "
+            f"{teacher_tokenizer.eos_token_id!r})"
+        )
+    if student_vocab_size is not None and teacher_vocab_size is not None and student_vocab_size != teacher_vocab_size:
+        raise ValueError(
+            f"{who}'s vocabulary size: the student's lm_head has {student_vocab_size} rows, the teacher's "
+            f"{teacher_vocab_size} (the exact divergence over the vocabulary needs the same rows)"
+        )
