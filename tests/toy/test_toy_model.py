@@ -87,7 +87,7 @@ def test_teacher_recipe_is_stronger_on_every_prompt():
     _, shares = answer_table(TEACHER_CONFIG, seed=0)
     assert shares.min() >= 0.7 and shares.max() <= 0.95  # no hard prompts: mostly correct answers everywhere
     assert shares.mean() > 2 * base_shares.mean()
-    assert TEACHER_CONFIG.steps == 2 * BaseModelConfig().steps
+    assert TEACHER_CONFIG.steps > BaseModelConfig().steps  # trained longer
     assert TEACHER_CONFIG.hidden_size != BaseModelConfig().hidden_size  # the exact path sees H_τ ≠ H
 
 

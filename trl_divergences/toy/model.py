@@ -7,7 +7,7 @@ a per-prompt share q of correct answers (log-uniform in [0.1, 0.9]; 30% "hard" p
 ``AutoModelForCausalLM.from_pretrained`` and :func:`~trl_divergences.toy.tokenizer.load_tokenizer`.
 
 The toy *teacher* (:func:`build_teacher_model`, for the teacher-guided methods) is built by the same recipe with
-:data:`TEACHER_CONFIG`: the same task, prompts and tokenizer, a wider network trained twice as long on SFT data
+:data:`TEACHER_CONFIG`: the same task, prompts and tokenizer, a wider network trained 1.6× as long on SFT data
 whose answers are mostly correct (q log-uniform in [0.7, 0.95] for every prompt, no hard prompts).
 """
 
@@ -57,12 +57,12 @@ class BaseModelConfig:
     hard_share_range: tuple[float, float] = (0.015, 0.06)
 
 
-#: the toy teacher: the base recipe, wider (H = 192, so the exact path sees H_τ ≠ H), 2× the SFT steps, and SFT
+#: the toy teacher: the base recipe, wider (H = 160, so the exact path sees H_τ ≠ H), 1.6× the SFT steps, and SFT
 #: data whose answers are mostly correct on every prompt (pass@1 well above the base's)
 TEACHER_CONFIG = BaseModelConfig(
-    hidden_size=192,
-    intermediate_size=384,
-    steps=5000,
+    hidden_size=160,
+    intermediate_size=320,
+    steps=4000,
     share_range=(0.7, 0.95),
     hard_fraction=0.0,
 )
