@@ -89,3 +89,16 @@ def test_renumbered_tokens_and_eos_are_refused() -> None:
         check_shared_tokenizer(Fake({"a": 0, "b": 1}, 0), Fake({"a": 0, "b": 1}, 1))
     with pytest.raises(ValueError, match="student's lm_head has 128 rows, the teacher's 130"):
         check_shared_tokenizer(Fake({"a": 0}, 0), Fake({"a": 0}, 0), student_vocab_size=128, teacher_vocab_size=130)
+
+
+def test_capabilities() -> None:
+    flags = {
+        n: (m.adds_penalty, m.replaces_advantages, m.anchors_ratio) for n in NAMES for m in [get_teacher_method(n)]
+    }
+    assert flags == {
+        "exact_opd": (True, False, False),
+        "exopd": (False, True, False),
+        "g_opd": (False, True, False),
+        "kdrl": (True, False, False),
+        "trrd": (False, False, True),
+    }

@@ -108,7 +108,8 @@ def test_validation(kwargs, shown) -> None:
 def test_requirements_and_state() -> None:
     method = get_teacher_method("trrd", alpha=0.25)
     req = method.requirements
-    assert req.teacher_logps and req.old_logps and not (req.reference_logps or req.teacher_hidden)
+    assert req.teacher_logps and not (req.old_logps or req.reference_logps or req.teacher_hidden)
+    assert method.anchors_ratio and not (method.adds_penalty or method.replaces_advantages)
     assert method.state_dict() == {} and repr(method) == "TRRD(alpha=0.25, log_ratio_clamp=1.0)"
     outcome = t([1.0, -1.0])
     assert method.advantages(outcome) is outcome  # the outcome advantages drive the sign

@@ -32,7 +32,7 @@ class TeacherRequirements:
         teacher_hidden: the teacher's final hidden states at the positions predicting the completion tokens, for an
             exact term over the vocabulary against the teacher's lm_head (carried like the reference's).
         reference_logps: log ρ(y_t) of the sampled tokens at rollout time (G-OPD with λ ≠ 1).
-        old_logps: log π_old(y_t) at rollout time, also on-policy (G-OPD's advantage, TRRD's anchor).
+        old_logps: log π_old(y_t) at rollout time, also on-policy (G-OPD's advantage).
     """
 
     teacher_logps: bool = False
@@ -44,9 +44,23 @@ class TeacherRequirements:
 class TeacherMethod(Method):
     """Base class of the teacher-guided methods. ``requirements`` says what the adapter computes;
     :meth:`advantages` maps the outcome advantages to the policy-gradient term's advantages (identity unless the
-    method replaces or rescales them)."""
+    method replaces or rescales them); :meth:`step` sets what a schedule changes per training step.
+
+    Capabilities (read by the objective layer, never the method's name): ``adds_penalty`` — a per-token divergence
+    to the teacher (``sampled`` / exact, ``penalty``); ``replaces_advantages`` — :meth:`advantages` ignores the
+    outcome advantages' shape and returns per-token ones (conflicts with an advantage reweighting);
+    ``anchors_ratio`` — the policy-gradient ratio's log π_old is replaced (``effective_old_logps``).
+    """
 
     method_kind = "teacher method"
+    adds_penalty: bool = False
+    replaces_advantages: bool = False
+    anchors_ratio: bool = False
+    #: the method's :meth:`step` reads the batch's mean correctness
+    needs_accuracy: bool = False
+
+    def step(self, step: int, max_steps: int, accuracy: float | None = None) -> None:
+        """Set what is in force for the generation batch of training step ``step`` (nothing by default)."""
 
     @property
     def requirements(self) -> TeacherRequirements:

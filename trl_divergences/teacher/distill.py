@@ -33,6 +33,8 @@ class TeacherDivergence(TeacherMethod):
     0: no reward, pure on-policy distillation). State: the coefficient and divergence in force (for checkpoints).
     """
 
+    adds_penalty = True
+
     def __init__(
         self,
         *,
@@ -70,6 +72,7 @@ class TeacherDivergence(TeacherMethod):
         for div in self._divergences.values():
             self._check_estimator(div)
         self.coef_now, self.divergence_now = self.coef, self.divergence
+        self.needs_accuracy = self.schedule is not None and self.schedule.needs_accuracy
 
     def _build(self, name: str) -> Divergence:
         return get_divergence(name, **self.divergence_kwargs)
@@ -86,11 +89,6 @@ class TeacherDivergence(TeacherMethod):
     def requirements(self) -> TeacherRequirements:
         exact = self.estimator == FULL
         return TeacherRequirements(teacher_logps=not exact, teacher_hidden=exact)
-
-    @property
-    def needs_accuracy(self) -> bool:
-        """The schedule reads the batch's mean correctness."""
-        return self.schedule is not None and self.schedule.needs_accuracy
 
     def step(self, step: int, max_steps: int, accuracy: float | None = None) -> None:
         """Set the coefficient (and divergence) in force for the generation batch of training step ``step``."""

@@ -54,6 +54,8 @@ class GOPD(TeacherMethod):
             overwrites GRPO's advantages).
     """
 
+    replaces_advantages = True
+
     def __init__(self, *, lam: float = 1.0, outcome_weight: float = 0.0) -> None:
         if not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam > 0):
             raise ValueError(f"{self.name}: lam must be a positive finite number, got {lam!r}")

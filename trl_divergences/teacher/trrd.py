@@ -48,13 +48,16 @@ class TRRD(TeacherMethod):
 
     :meth:`effective_old_logps` is what an adapter puts in log π_old's place: log π − log r_t, with graph, so that the
     adapter's ``log π − log π_old`` *is* log r_t in value and gradient; without the clamp it is the constant anchor
-    (:func:`trrd_anchor_logps`), computable once per generation batch.
+    (:func:`trrd_anchor_logps`), computable once per generation batch. log π_old is the framework's (on-policy: log π
+    detached), so no rollout-time policy pass is needed.
 
     Args:
         alpha: α ∈ [0, 1], 0.5 (the paper's; reported insensitive).
         log_ratio_clamp: c > 0 of the teacher log-ratio clamp, 1.0 (a reimplementation's default: the paper's value
             was not recovered), or None (no clamp).
     """
+
+    anchors_ratio = True
 
     def __init__(self, *, alpha: float = 0.5, log_ratio_clamp: float | None = 1.0) -> None:
         self.alpha = check_fraction("trrd", "alpha", alpha, low_open=False)
@@ -64,7 +67,7 @@ class TRRD(TeacherMethod):
 
     @property
     def requirements(self) -> TeacherRequirements:
-        return TeacherRequirements(teacher_logps=True, old_logps=True)
+        return TeacherRequirements(teacher_logps=True)
 
     def log_ratio(self, logps: Tensor, old_logps: Tensor, teacher_logps: Tensor) -> Tensor:
         """[B, T] log r_t (:func:`trrd_log_ratio` with this method's α and c)."""
