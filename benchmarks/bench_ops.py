@@ -58,11 +58,12 @@ def _inputs(args, vocab: int) -> dict:
         return (torch.randn(*shape, generator=g) * scale).to(dtype).to(args.device)
 
     n, h = args.n, args.hidden
+    hr = args.ref_hidden or h
     return dict(
         hidden=r(n, h).requires_grad_(),
         weight=r(vocab, h, scale=h**-0.5).requires_grad_(),
-        ref_hidden=r(n, h),
-        ref_weight=r(vocab, h, scale=h**-0.5),
+        ref_hidden=r(n, hr),
+        ref_weight=r(vocab, hr, scale=hr**-0.5),
         targets=torch.randint(0, vocab, (n,), generator=g).to(args.device),
         w=[torch.randn(n, generator=g).to(args.device) / n for _ in range(3)],
     )
@@ -184,8 +185,9 @@ def worker(args) -> None:
 
 def _run_one(args, impl: str, vocab: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--vocab", str(vocab)]
-    for key in ("device", "n", "hidden", "iters", "warmup", "divergence", "dtype", "threads"):
-        cmd += [f"--{key}", str(getattr(args, key))]
+    for key in ("device", "n", "hidden", "ref_hidden", "iters", "warmup", "divergence", "dtype", "threads"):
+        if getattr(args, key) is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
@@ -217,6 +219,9 @@ def main() -> None:
     p.add_argument("--vocab", type=int, nargs="+", default=[32000, 151936])
     p.add_argument("--n", type=int, default=2048, help="tokens")
     p.add_argument("--hidden", type=int, default=512)
+    p.add_argument(
+        "--ref-hidden", type=int, default=None, help="hidden size of the other side (a teacher's); default --hidden"
+    )
     p.add_argument("--iters", type=int, default=3, help="timed iterations after one warm-up")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     p.add_argument("--divergence", default="forward_kl")
@@ -243,7 +248,10 @@ def main() -> None:
         "device": device,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
-        **{k: getattr(args, k) for k in ("n", "hidden", "iters", "warmup", "divergence", "dtype", "threads")},
+        **{
+            k: getattr(args, k)
+            for k in ("n", "hidden", "ref_hidden", "iters", "warmup", "divergence", "dtype", "threads")
+        },
     }
     print(f"\n{meta}\n")
     print(_table(results, impls, args.vocab))

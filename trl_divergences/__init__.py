@@ -9,6 +9,7 @@ from .curricula import get_curriculum, get_schedule, list_curricula, list_schedu
 from .divergences import Divergence, get_divergence, list_divergences, register_divergence
 from .masks import get_token_mask, list_token_masks, register_token_mask
 from .reweighting import get_advantage_reweighting, list_advantage_reweightings, register_advantage_reweighting
+from .teacher import get_teacher_method, list_teacher_methods, register_teacher_method
 
 __version__ = "0.1.0"
 
@@ -20,15 +21,18 @@ __all__ = [
     "get_curriculum",
     "get_divergence",
     "get_schedule",
+    "get_teacher_method",
     "get_token_mask",
     "list_advantage_reweightings",
     "list_curricula",
     "list_divergences",
     "list_schedules",
+    "list_teacher_methods",
     "list_token_masks",
     "ops",
     "register_advantage_reweighting",
     "register_divergence",
+    "register_teacher_method",
     "register_token_mask",
 ]
 

@@ -2,7 +2,8 @@
 
 gaussian: w = exp(−(p̃ − 0.5)²/(2·0.35²)) over an EMA p̃ ← 0.9·p̃ + 0.1·p (sampled prompts only, initial 0.5);
 paced: w = p^α(1 − p)^β floored at 0.01·max; CurriculumSampler: TRL RepeatSampler's layout with seeded per-chunk
-draws and a replayed history; self: the batch plan; schedules: AKL (tanh(ā) + 1)/2, forward-then-reverse, warm-up.
+draws and a replayed history; self: the batch plan; schedules: AKL (tanh(ā) + 1)/2, forward-then-reverse, warm-up,
+KDRL's linear annealing max(β₀ − δ·s, β_min).
 """
 
 from __future__ import annotations
@@ -389,6 +390,29 @@ def test_warmup_decay_to_the_final_multiplier() -> None:
     assert rising(9, 10)[0] == pytest.approx(3.0) and rising(5, 10)[0] == pytest.approx(1 + 2 * 4 / 8)
 
 
+def test_linear_anneal_is_kdrl_annealing() -> None:
+    # KDRL-Annealing: β_s = max(5e-3 − 5e-5·s, 1e-3), the floor reached at step 80 (of their 280)
+    schedule = get_schedule("linear_anneal")
+    assert not schedule.needs_accuracy and schedule.divergences == ()
+    for s in (0, 1, 40, 79, 80, 81, 279):
+        multiplier, name = schedule(s, 280)
+        assert name is None
+        assert 5e-3 * multiplier == pytest.approx(max(5e-3 - 5e-5 * s, 1e-3), rel=1e-12)
+    # by hand: 1 − 0.8·s/80 = 1 − 0.01·s
+    assert [schedule(s, 280)[0] for s in (0, 10, 50, 80, 200)] == pytest.approx([1.0, 0.9, 0.5, 0.2, 0.2], abs=1e-15)
+
+
+def test_linear_anneal_steps_fraction_and_floor() -> None:
+    # floor 0 over 4 steps: 1, 0.75, 0.5, 0.25, 0, 0
+    to_zero = get_schedule("linear_anneal", final_multiplier=0.0, anneal_steps=4)
+    assert [to_zero(s, 100)[0] for s in range(6)] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0], abs=1e-15)
+    # a quarter of 20 steps = 5 steps to 0.5: 1 − 0.1·s
+    quarter = get_schedule("linear_anneal", final_multiplier=0.5, anneal_fraction=0.25)
+    assert [quarter(s, 20)[0] for s in (0, 2, 5, 19)] == pytest.approx([1.0, 0.8, 0.5, 0.5], abs=1e-15)
+    # final_multiplier 1 is a constant coefficient
+    assert {get_schedule("linear_anneal", final_multiplier=1.0)(s, 10)[0] for s in range(10)} == {1.0}
+
+
 @pytest.mark.parametrize(
     "name, kwargs, shown",
     [
@@ -401,6 +425,10 @@ def test_warmup_decay_to_the_final_multiplier() -> None:
         ("warmup", {"warmup_steps": -1}, "-1"),
         ("warmup", {"warmup_fraction": 0.0}, "0.0"),
         ("warmup", {"final_multiplier": -0.5}, "-0.5"),
+        ("linear_anneal", {"final_multiplier": 1.5}, "1.5"),
+        ("linear_anneal", {"anneal_steps": 0}, "0"),
+        ("linear_anneal", {"anneal_steps": 8, "anneal_fraction": 0.5}, "not both"),
+        ("linear_anneal", {"beta_min": 1e-3}, "'beta_min'"),
         ("accuracy_conditioned", {"beta": 0.02}, "'beta'"),
     ],
 )
@@ -410,14 +438,16 @@ def test_schedule_validation(name, kwargs, shown) -> None:
     assert shown in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["forward_then_reverse", "warmup"])
+@pytest.mark.parametrize(
+    "name, kwargs", [("forward_then_reverse", {}), ("warmup", {}), ("linear_anneal", {"anneal_fraction": 0.5})]
+)
 @pytest.mark.parametrize("max_steps", [0, -1])
-def test_fraction_of_a_run_needs_max_steps(name, max_steps) -> None:
+def test_fraction_of_a_run_needs_max_steps(name, kwargs, max_steps) -> None:
     with pytest.raises(ValueError, match="max_steps"):
-        get_schedule(name)(0, max_steps)
+        get_schedule(name, **kwargs)(0, max_steps)
 
 
-@pytest.mark.parametrize("name", ["accuracy_conditioned", "forward_then_reverse", "warmup"])
+@pytest.mark.parametrize("name", ["accuracy_conditioned", "forward_then_reverse", "warmup", "linear_anneal"])
 def test_schedules_are_stateless(name) -> None:
     schedule = get_schedule(name)
     assert schedule.state_dict() == {}
@@ -433,7 +463,7 @@ def test_schedules_are_stateless(name) -> None:
 
 def test_listers() -> None:
     assert sorted(td.list_curricula()) == ["gaussian", "paced", "self"]
-    assert sorted(td.list_schedules()) == ["accuracy_conditioned", "forward_then_reverse", "warmup"]
+    assert sorted(td.list_schedules()) == ["accuracy_conditioned", "forward_then_reverse", "linear_anneal", "warmup"]
     assert td.list_curricula() == list_curricula() and td.list_schedules() == list_schedules()
     assert {get_curriculum(n).kind for n in ("gaussian", "paced")} == {"sampler"}
 

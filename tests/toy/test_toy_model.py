@@ -1,11 +1,22 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from trl_divergences.toy import VOCAB, BaseModelConfig, build_base_model, default_cache_dir, is_correct, load_tokenizer
+from trl_divergences.toy import (
+    TEACHER_CONFIG,
+    VOCAB,
+    BaseModelConfig,
+    build_base_model,
+    build_teacher_model,
+    default_cache_dir,
+    is_correct,
+    load_tokenizer,
+)
 from trl_divergences.toy import model as model_module
 from trl_divergences.toy.model import BUILD_INFO, answer_table
 
@@ -69,3 +80,42 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
     assert default_cache_dir() == tmp_path
     monkeypatch.delenv("TRL_DIVERGENCES_CACHE")
     assert default_cache_dir().name == "trl_divergences"
+
+
+def test_teacher_recipe_is_stronger_on_every_prompt():
+    _, base_shares = answer_table(BaseModelConfig(), seed=0)
+    _, shares = answer_table(TEACHER_CONFIG, seed=0)
+    assert shares.min() >= 0.7 and shares.max() <= 0.95  # no hard prompts: mostly correct answers everywhere
+    assert shares.mean() > 2 * base_shares.mean()
+    assert TEACHER_CONFIG.steps > BaseModelConfig().steps  # trained longer
+    assert TEACHER_CONFIG.hidden_size != BaseModelConfig().hidden_size  # the exact path sees H_τ ≠ H
+
+
+def test_build_teacher_model_is_cached_and_shares_the_tokenizer(tmp_path, monkeypatch):
+    small = {"hidden_size": 48, "intermediate_size": 64, "num_heads": 2, "num_kv_heads": 1, **FAST}
+    teacher = build_teacher_model(tmp_path, progress=False, **small)
+    assert teacher.name.startswith("toy-teacher-")
+    info = json.loads((teacher / BUILD_INFO).read_text())
+    assert info["config"]["share_range"] == [0.7, 0.95] and info["config"]["hard_fraction"] == 0.0
+    base = build_base_model(tmp_path, config=TINY, progress=False, **FAST)
+    assert base.name.startswith("toy-base-") and base != teacher
+    assert load_tokenizer(teacher).get_vocab() == load_tokenizer(base).get_vocab()
+    configs = [AutoConfig.from_pretrained(p) for p in (teacher, base)]
+    assert configs[0].vocab_size == configs[1].vocab_size and configs[0].hidden_size != configs[1].hidden_size
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("cached teacher was rebuilt")
+
+    monkeypatch.setattr(model_module, "_pretrain", no_training)
+    assert build_teacher_model(tmp_path, progress=False, **small) == teacher
+
+
+def test_toy_is_a_leaf():
+    code = (
+        "import sys, trl_divergences.toy; "
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'trl' or m.startswith(('trl_divergences.trl', "
+        "'trl_divergences.toy.demo'))]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

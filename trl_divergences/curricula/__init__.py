@@ -1,5 +1,6 @@
 """Curricula (``curriculum=...``: ``gaussian``, ``paced``, ``self``) and coefficient schedules
-(``coefficient_schedule=...``: ``accuracy_conditioned``, ``forward_then_reverse``, ``warmup``); see :mod:`.base`."""
+(``coefficient_schedule=...``: ``accuracy_conditioned``, ``forward_then_reverse``, ``warmup``,
+``linear_anneal``); see :mod:`.base`."""
 
 from . import samplers, schedules, self_filter  # noqa: F401  (registers the built-in curricula and schedules)
 from .base import (

@@ -1,4 +1,5 @@
-"""Coefficient / divergence schedules: FG-ExPO's accuracy-conditioned KL, PACED's forward-then-reverse KL, warm-up."""
+"""Coefficient / divergence schedules: FG-ExPO's accuracy-conditioned KL, PACED's forward-then-reverse KL, warm-up,
+KDRL's linear annealing."""
 
 from __future__ import annotations
 
@@ -86,3 +87,31 @@ class Warmup(Schedule):
             return 1.0, None
         progress = min(1.0, (step + 1 - warm) / (max_steps - warm))
         return 1.0 + (self.final_multiplier - 1.0) * progress, None
+
+
+@SCHEDULES.register_class("linear_anneal")
+class LinearAnneal(Schedule):
+    """Linear annealing of the coefficient to a floor, KDRL-Annealing ("KDRL: Post-Training Reasoning LLMs via
+    Unified Knowledge Distillation and Reinforcement Learning", Xu et al., 2025; [paper-2nd]):
+    β_s = max(β₀ − δ·s, β_min) at step s.
+
+    Written as a multiplier of the configured coefficient β₀: max(1 − (1 − f)·s/S, f), f = ``final_multiplier``
+    (β_min = f·β₀), S = ``anneal_steps`` (or ``anneal_fraction`` of max_steps) the step at which the floor is reached
+    (δ = (1 − f)·β₀/S). KDRL's β₀ = 5e-3, β_min = 1e-3, δ = 5e-5 are β₀ = 5e-3 with the defaults f = 0.2, S = 80.
+    A function of the step only: a resumed run gets the same coefficients from the restored step."""
+
+    def __init__(
+        self,
+        *,
+        final_multiplier: float = 0.2,
+        anneal_steps: int | None = None,
+        anneal_fraction: float | None = None,
+    ) -> None:
+        self.final_multiplier = check_fraction("linear_anneal", "final_multiplier", final_multiplier, low_open=False)
+        _check_length("linear_anneal", anneal_steps, anneal_fraction, "anneal")
+        self.anneal_steps = 80 if anneal_steps is None and anneal_fraction is None else anneal_steps
+        self.anneal_fraction = anneal_fraction
+
+    def __call__(self, step: int, max_steps: int, accuracy: float | None = None) -> tuple[float, str | None]:
+        length = _stage_length("linear_anneal", self.anneal_steps, self.anneal_fraction, max_steps)
+        return max(1.0 - (1.0 - self.final_multiplier) * step / length, self.final_multiplier), None

@@ -27,6 +27,7 @@ class RolloutInputs:
         completion_mask: [n, T] valid completion tokens (tool masks applied).
         old_logps: [n, T] log π_old of the sampled tokens (the rollout policy), or None (on-policy and not computed).
         ref_logps: [n, T] log ρ of the sampled tokens, or None.
+        teacher_logps: [n, T] log τ of the sampled tokens at the rollout temperature, or None.
         statistics: results of the rollout-time policy pass (:meth:`Objective.rollout_request`), local rows.
         prompt_indices: [N] dataset row of each rollout's prompt (curriculum samplers), or None.
         gather: concatenates a 1-D local tensor over processes (None: one process).
@@ -40,6 +41,7 @@ class RolloutInputs:
     completion_mask: Tensor
     old_logps: Tensor | None = None
     ref_logps: Tensor | None = None
+    teacher_logps: Tensor | None = None
     statistics: Mapping[str, Tensor] = field(default_factory=dict)
     prompt_indices: Tensor | None = None
     gather: Gather | None = None
@@ -51,7 +53,7 @@ class RolloutOutputs:
     """What the loss needs from one generation batch, this process's rows.
 
     Attributes:
-        advantages: [n] or [n, T] (rewritten by the reweighting, else the framework's).
+        advantages: [n] or [n, T] (rewritten by the reweighting or a teacher method, else the framework's).
         correct: [n] bool, reward ≥ the correctness threshold.
         divergence_weight: [n] per-rollout multiplier of the penalty, or None (all 1).
         keep: [n] bool rollouts kept in the loss, or None (all kept).
@@ -78,14 +80,15 @@ class TokenInputs:
         advantages: [B] or [B, T].
         old_logps: [B, T] log π_old (None: on-policy, the detached ``logps``).
         ref_logps: [B, T] log ρ(y_t) (sampled estimators).
+        teacher_logps: [B, T] log τ(y_t) at the rollout temperature (teacher-guided methods).
         correct: [B] bool (correctness-based masks).
         proxy_logps: [B, T] log π_proxy(y_t) (Lp-Reg, the low-probability mask).
         divergence_weight: [B] per-rollout penalty weights, or None.
         importance_weight: π/π_old ([B, T] or [B, 1], with its graph) applied to sampled estimators, or None
             (see :func:`importance_weight`).
         vocabulary: results of the loss forward's :meth:`Objective.loss_request` (``"divergence"``, ``"reverse_kl"``,
-            ``"topp_entropy"``), [B, T] each; ``"divergence/weighted_sum"`` (scalar) when the forward aggregated the
-            exact penalty with :meth:`Objective.penalty_weights`.
+            ``"topp_entropy"``, ``"teacher_divergence"``), [B, T] each; ``"divergence/weighted_sum"`` (scalar) when
+            the forward aggregated the exact penalty with :meth:`Objective.penalty_weights`.
         vocab_size: |V|.
         gather / reduce_sum: as in :class:`RolloutInputs`.
     """
@@ -96,6 +99,7 @@ class TokenInputs:
     advantages: Tensor | None = None
     old_logps: Tensor | None = None
     ref_logps: Tensor | None = None
+    teacher_logps: Tensor | None = None
     correct: Tensor | None = None
     proxy_logps: Tensor | None = None
     divergence_weight: Tensor | None = None
@@ -112,7 +116,8 @@ class TokenTerms:
 
     Attributes:
         pg_keep: [B, T] bool tokens kept in the framework's policy-gradient term (None: no selection).
-        penalty: [B, T] coefficient × per-rollout weight × per-token divergence, or None.
+        penalty: [B, T] coefficient × per-rollout weight × per-token divergence (to the reference, plus the teacher
+            term of a teacher-guided method), or None.
         replaced_pg: [B, T] the policy-gradient term of the tokens a divergence selects (removed from ``pg_keep``),
             or None.
         aggregated: the penalty already aggregated with the adapter's normaliser (scalar; computed with its gradient

@@ -11,6 +11,10 @@ weight (DADS), D_t the per-token divergence (a sampled estimator or the exact va
 ``replaced_t`` the policy-gradient term of the tokens a divergence selects itself (Lp-Reg; those tokens leave
 ``keep``), and ``aux`` the masks' auxiliary losses (SIREN, EKSFT). The framework's own PG term is untouched.
 
+A teacher-guided method (:mod:`trl_divergences.teacher`) enters through the same slots: KDRL / exact OPD add
+coef_s · m_i · D(π‖τ)_t to the penalty and may scale A'; G-OPD replaces A' by per-token teacher advantages; TRRD
+replaces the ratio's log π_old by its anchor (:meth:`Objective.pg_old_logps`).
+
 Methods are never recognised by name: each declares capabilities (a mask's ``requires`` / ``rollout_requires`` /
 ``top_p`` / ``min_p``, a divergence's ``needs_reference`` / ``replaces_policy_gradient`` / ``proxy_min_p``, a
 reweighting's ``requires`` / ``needs_reference`` / ``reweights_divergence`` / ``drops_rollouts``, a curriculum's
@@ -33,6 +37,7 @@ from ..masks import TOKEN_MASKS, TokenBatch, TokenMask, compose_token_masks
 from ..numerics import compute_dtype
 from ..rehearsal.loss import RehearsalLoss, build_rehearsal_loss
 from ..reweighting import ADVANTAGE_REWEIGHTINGS, AdvantageReweighting, Rollouts
+from ..teacher import TEACHER_METHODS, TeacherMethod
 from .batches import RolloutInputs, RolloutOutputs, TokenInputs, TokenTerms
 from .requirements import FULL, Requirements, VocabularyRequest
 
@@ -44,6 +49,7 @@ KWARGS_FIELDS = (
     "curriculum_kwargs",
     "schedule_kwargs",
     "rehearsal_kwargs",
+    "teacher_kwargs",
 )
 
 
@@ -120,6 +126,7 @@ class Objective:
         correct_reward_threshold: a rollout is correct when its total reward is ≥ this.
         rehearsal_divergence, rehearsal_kwargs, rehearsal_coef: the rehearsal loss on stored reference samples
             (built always, so its kwargs are validated; used when the adapter has a store).
+        teacher_method, teacher_kwargs: a teacher-guided method (``td.list_teacher_methods()``), or None.
 
     Every name and kwarg is validated here, with the messages both adapters show.
     """
@@ -143,6 +150,8 @@ class Objective:
         rehearsal_divergence: str = "forward_kl",
         rehearsal_kwargs: dict | None = None,
         rehearsal_coef: float = 0.01,
+        teacher_method: str | None = None,
+        teacher_kwargs: dict | None = None,
     ) -> None:
         self.divergence_kwargs = kwargs_dict("divergence_kwargs", divergence_kwargs)
         self.divergence = get_divergence(divergence, **self.divergence_kwargs)
@@ -173,6 +182,9 @@ class Objective:
         if not (_is_number(rehearsal_coef) and math.isfinite(rehearsal_coef) and rehearsal_coef >= 0):
             raise ValueError(f"rehearsal_coef must be a non-negative number, got {rehearsal_coef!r}")
         self.rehearsal_coef = float(rehearsal_coef)
+        self.teacher: TeacherMethod | None = _build_optional(
+            TEACHER_METHODS, teacher_method, kwargs_dict("teacher_kwargs", teacher_kwargs), "teacher_kwargs"
+        )
         self._validate()
         self._divergences = {self.divergence.name: self.divergence}
         #: the exact KL(π‖ρ) masks read (EKSFT), at its defaults
@@ -201,6 +213,11 @@ class Objective:
                 )
             for name in self.schedule.divergences:
                 check_estimator(get_divergence(name, **self.divergence_kwargs), self.estimator)
+        if self.teacher is not None and self.teacher.replaces_advantages and self.reweighting is not None:
+            raise ValueError(
+                f"teacher_method {self.teacher.name!r} replaces the advantages; advantage_reweighting "
+                f"{self.reweighting.name!r} conflicts with it"
+            )
 
     def _requirements(self) -> Requirements:
         div, masks, rw = self.divergence, self.token_masks, self.reweighting
@@ -220,17 +237,29 @@ class Objective:
         whole = [m.name for m in (rw,) if m is not None and m.whole_groups_per_process]
         if curriculum is not None and curriculum.kind == "filter":
             whole.append(curriculum.name)
+        teacher = self.teacher
+        needs = teacher.requirements if teacher is not None else None
+        teacher_reference = needs is not None and needs.reference_logps
+        teacher_sampled = teacher is not None and teacher.adds_penalty and needs.teacher_logps
         return Requirements(
-            reference_model=divergence_to_reference or rw_reference or mask_reference or mask_ref_logps,
-            ref_logps=(divergence_to_reference and self.estimator != FULL) or rw_reference or mask_ref_logps,
+            reference_model=divergence_to_reference
+            or rw_reference
+            or mask_reference
+            or mask_ref_logps
+            or teacher_reference,
+            ref_logps=(divergence_to_reference and self.estimator != FULL)
+            or rw_reference
+            or mask_ref_logps
+            or teacher_reference,
             ref_hidden=exact or mask_reference,
-            vocabulary=vocabulary,
+            vocabulary=vocabulary or (needs is not None and needs.teacher_hidden),
             rollout_statistics=bool(
                 masks
                 or rw is not None
                 or curriculum is not None
                 or self.schedule is not None
                 or div.proxy_min_p is not None
+                or teacher is not None
             ),
             token_selection=bool(masks) or div.replaces_policy_gradient,
             penalty=penalty,
@@ -238,18 +267,25 @@ class Objective:
             greedy_filter=curriculum is not None and curriculum.kind == "filter",
             whole_groups=tuple(whole),
             drops_rollouts=(rw.name,) if rw is not None and rw.drops_rollouts else (),
+            teacher_model=teacher is not None,
+            teacher_logps=needs is not None and needs.teacher_logps,
+            teacher_hidden=needs is not None and needs.teacher_hidden,
+            teacher_sampled_penalty=teacher_sampled,
+            ratio_anchor=teacher is not None and teacher.anchors_ratio,
         )
 
     @property
     def plain_reverse_k3(self) -> bool:
         """The penalty is reverse KL by k3 at a constant coefficient, equal for every rollout: what TRL's and verl's
-        built-in ``low_var_kl`` compute, so an adapter may leave it to the framework."""
+        built-in ``low_var_kl`` compute, so an adapter may leave it to the framework (not when a teacher anchors the
+        ratio: the framework's importance weight of its k3 would be the anchored ratio)."""
         rw = self.reweighting
         return (
             self.divergence.name == "reverse_kl"
             and self.estimator == "k3"
             and self.schedule is None
             and not (rw is not None and rw.reweights_divergence)
+            and not (self.teacher is not None and self.teacher.anchors_ratio)
         )
 
     def check_whole_groups(self, rows_per_process: int, group_size: int, rows: str, group: str) -> None:
@@ -287,7 +323,10 @@ class Objective:
         nucleus = self._nucleus_mask() if "topp_entropy" in anchors else None
         rw = self.reweighting
         penultimate = rw is not None and "hidden" in rw.requires
-        old_logps = rw is not None and "seq_log_ratio" in rw.requires and not has_old_logps
+        old_logps = not has_old_logps and (
+            (rw is not None and "seq_log_ratio" in rw.requires)
+            or (self.teacher is not None and self.teacher.requirements.old_logps)
+        )
         if self.min_p is None and nucleus is None and not penultimate and not old_logps:
             return None
         return VocabularyRequest(
@@ -305,11 +344,17 @@ class Objective:
             exact["divergence"] = self.divergence_now
         if any(m.needs_reference for m in self.token_masks):
             exact["reverse_kl"] = self._mask_kl
+        teacher_exact = {}
+        if self.requirements.teacher_hidden:
+            teacher_exact["teacher_divergence"] = self.teacher.divergence_now
         nucleus = self._nucleus_mask()
-        if not exact and nucleus is None:
+        if not exact and not teacher_exact and nucleus is None:
             return None
         return VocabularyRequest(
-            exact=exact, top_p=None if nucleus is None else nucleus.top_p, top_k=getattr(nucleus, "top_k", 10000)
+            exact=exact,
+            teacher_exact=teacher_exact,
+            top_p=None if nucleus is None else nucleus.top_p,
+            top_k=getattr(nucleus, "top_k", 10000),
         )
 
     def _divergence(self, name: str) -> Divergence:
@@ -335,6 +380,8 @@ class Objective:
         )
         if self.reweighting is not None:
             self._reweight(x, correct, out)
+        if self.teacher is not None:
+            self._teacher_rollout(x, out)
         if training:
             if self.requirements.prompt_index:
                 out.metrics.update(self._update_curriculum(x, correct))
@@ -344,7 +391,24 @@ class Objective:
                 self.coef_now = self.coef * multiplier
                 if name is not None and name != self.divergence_now.name:
                     self.divergence_now = self._divergence(name)
+            if self.teacher is not None:
+                accuracy = correct.float().mean().item() if self.teacher.needs_accuracy else None
+                self.teacher.step(step, max_steps, accuracy)
         return out
+
+    def _teacher_rollout(self, x: RolloutInputs, out: RolloutOutputs) -> None:
+        """The teacher method's advantages (replacing or scaling A') and its rollout metrics."""
+        teacher, mask = self.teacher, x.completion_mask
+        prefix = f"teacher/{teacher.name}"
+        if self.requirements.teacher_logps and x.teacher_logps is None:
+            raise ValueError(f"teacher_method {teacher.name!r} needs the teacher's log-probs of the sampled tokens")
+        out.advantages = teacher.advantages(
+            out.advantages, old_logps=x.old_logps, teacher_logps=x.teacher_logps, reference_logps=x.ref_logps, mask=mask
+        )
+        if x.teacher_logps is not None and x.old_logps is not None:
+            out.metrics[f"{prefix}/log_ratio"] = masked_mean(x.teacher_logps - x.old_logps, mask, x.reduce_sum)
+        if teacher.replaces_advantages:
+            out.metrics[f"{prefix}/advantage"] = masked_mean(out.advantages, mask, x.reduce_sum)
 
     def _reweight(self, x: RolloutInputs, correct: Tensor, out: RolloutOutputs) -> None:
         rw = self.reweighting
@@ -465,7 +529,46 @@ class Objective:
                 terms.penalty = self.coef_now * weighted
             terms.divergence_value = masked_mean(per_token, x.mask, reduce_sum)
             terms.metrics.update(self.divergence_metrics(terms.divergence_value))
+        if self.teacher is not None:
+            self._teacher_terms(x, terms)
         return terms
+
+    def _teacher_terms(self, x: TokenInputs, terms: TokenTerms) -> None:
+        """The teacher's per-token penalty (added to ``terms.penalty``) and the ``teacher/<name>/...`` metrics."""
+        teacher, reduce_sum = self.teacher, x.reduce_sum
+        prefix = f"teacher/{teacher.name}"
+        if teacher.anchors_ratio:
+            old = x.logps.detach() if x.old_logps is None else x.old_logps
+            initial = teacher.initial_log_ratio(old, x.teacher_logps)
+            terms.metrics[f"{prefix}/initial_ratio"] = masked_mean(initial.exp(), x.mask, reduce_sum)
+            terms.metrics[f"{prefix}/clamped_fraction"] = masked_mean(
+                teacher.clamped(x.logps, x.teacher_logps), x.mask, reduce_sum
+            )
+        if not teacher.adds_penalty:
+            return
+        if teacher.estimator == FULL:
+            per_token = x.vocabulary["teacher_divergence"]
+        else:
+            per_token = teacher.sampled(x.logps, x.teacher_logps, importance_weight=x.importance_weight)
+        per_token = per_token.to(x.logps.dtype)
+        penalty = teacher.penalty(per_token, x.correct)
+        terms.penalty = penalty if terms.penalty is None else terms.penalty + penalty
+        value = masked_mean(per_token, x.mask, reduce_sum)
+        name = teacher.divergence_now.name
+        terms.metrics[f"{prefix}/{name}"] = value
+        terms.metrics[f"{prefix}/{name}/{teacher.estimator}"] = value
+        terms.metrics[f"{prefix}/coef"] = teacher.coef_now
+        if teacher.only_incorrect:
+            weighted = (teacher.response_weights(x.correct, x.mask.size(0)) > 0).to(x.mask.device)
+            terms.metrics[f"{prefix}/kd_fraction"] = masked_mean(
+                weighted.unsqueeze(-1).expand_as(x.mask), x.mask, reduce_sum
+            )
+
+    def pg_old_logps(self, logps: Tensor, old_logps: Tensor | None, teacher_logps: Tensor) -> Tensor:
+        """[B, T] what the framework's policy-gradient term uses as log π_old when a teacher anchors the ratio
+        (TRRD: log π − log r_t, with graph when clamped); ``old_logps`` None: on-policy (log π detached)."""
+        old = logps.detach() if old_logps is None else old_logps
+        return self.teacher.effective_old_logps(logps, old, teacher_logps)
 
     def rehearsal_term(
         self, logps: Tensor, ref_logps: Tensor, mask: Tensor, rl_tokens: Tensor, reduce_sum: ReduceSum | None = None
@@ -493,6 +596,7 @@ class Objective:
             "schedule": None if self.schedule is None else self.schedule.state_dict(),
             "coef_now": self.coef_now,
             "divergence_now": self.divergence_now.name,
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -504,6 +608,8 @@ class Objective:
             self.reweighting.load_state_dict(state["reweighting"])
         if self.schedule is not None:
             self.schedule.load_state_dict(state["schedule"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
         self.coef_now = state["coef_now"]
         self.divergence_now = self._divergence(state["divergence_now"])
 

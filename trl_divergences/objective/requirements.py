@@ -22,12 +22,14 @@ class VocabularyRequest:
 
     Attributes:
         exact: {result name: divergence} computed exactly against the reference's final hidden states.
+        teacher_exact: {result name: divergence} computed exactly against the teacher's final hidden states.
         top_p, top_k: the nucleus of ``"topp_entropy"`` (None: not computed).
         min_p: the min-p proxy of ``"proxy_logp"`` (None: not computed).
         penultimate: capture the penultimate decoder layer's output (``"penultimate"``, detached).
     """
 
     exact: Mapping[str, Divergence] = field(default_factory=dict)
+    teacher_exact: Mapping[str, Divergence] = field(default_factory=dict)
     top_p: float | None = None
     top_k: int = 10000
     min_p: float | None = None
@@ -37,6 +39,11 @@ class VocabularyRequest:
     def needs_reference(self) -> bool:
         """The reference's final hidden states and lm_head must be supplied."""
         return bool(self.exact)
+
+    @property
+    def needs_teacher(self) -> bool:
+        """The teacher's final hidden states and lm_head must be supplied."""
+        return bool(self.teacher_exact)
 
     @property
     def nucleus(self) -> bool:
@@ -62,6 +69,14 @@ class Requirements:
         greedy_filter: a curriculum filters each step's prompts by a greedy decode before the rollouts (SELF).
         whole_groups: names of methods needing all of a prompt's rollouts on one process.
         drops_rollouts: names of methods that drop rollouts from the loss (need a token-count normaliser).
+        teacher_model: a frozen teacher τ must be loaded (a teacher-guided method).
+        teacher_logps: τ's log-probs of the sampled tokens at the rollout temperature, computed at rollout time.
+        teacher_hidden: τ's final hidden states at the completion positions, carried with the batch (an exact
+            divergence to the teacher), like ``ref_hidden``.
+        teacher_sampled_penalty: the teacher's penalty is a sampled-token estimate (it takes the importance weight
+            π/π_old, like a sampled reference penalty).
+        ratio_anchor: the policy-gradient ratio's log π_old is replaced at loss time by
+            :meth:`Objective.pg_old_logps` (TRRD).
     """
 
     reference_model: bool
@@ -75,3 +90,8 @@ class Requirements:
     greedy_filter: bool
     whole_groups: tuple[str, ...] = ()
     drops_rollouts: tuple[str, ...] = ()
+    teacher_model: bool = False
+    teacher_logps: bool = False
+    teacher_hidden: bool = False
+    teacher_sampled_penalty: bool = False
+    ratio_anchor: bool = False

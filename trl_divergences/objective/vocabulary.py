@@ -22,6 +22,9 @@ def vocabulary_statistics(
     ref_hidden: Tensor | None = None,
     ref_weight: Tensor | None = None,
     ref_bias: Tensor | None = None,
+    teacher_hidden: Tensor | None = None,
+    teacher_weight: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
     penultimate: Tensor | None = None,
     exact_weights: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
@@ -30,6 +33,8 @@ def vocabulary_statistics(
 
     * each ``exact`` name: D(π‖ρ) [b, T] exactly over the vocabulary against ``ref_hidden`` [b, T, H_ref] and the
       reference lm_head, differentiable w.r.t. the policy side (one pass per distinct divergence);
+    * each ``teacher_exact`` name: D(π‖τ) [b, T] the same way against ``teacher_hidden`` [b, T, H_τ] and the teacher's
+      lm_head;
     * ``"topp_entropy"``: the top-p nucleus entropy (with gradient); ``"proxy_logp"``: log π_proxy(y) of the min-p
       proxy (conventions in :func:`~trl_divergences.ops.nucleus_stats`);
     * ``"penultimate"``: ``penultimate`` detached, when asked for.
@@ -76,6 +81,20 @@ def vocabulary_statistics(
                 ref_bias=ref_bias,
             )[2]
         results[name] = computed[key]
+    for name, div in request.teacher_exact.items():
+        if teacher_hidden is None or teacher_weight is None:
+            raise ValueError(f"exact {name!r} needs the teacher's final hidden states and lm_head weight")
+        results[name] = fused_linear_logprob_entropy_divergence(
+            hidden,
+            weight,
+            teacher_hidden.to(hidden.dtype),
+            teacher_weight.to(weight.dtype),
+            None,
+            div,
+            temperature=temperature,
+            bias=bias,
+            ref_bias=teacher_bias,
+        )[2]
     if request.nucleus:
         stats = fused_linear_nucleus_stats(
             hidden,

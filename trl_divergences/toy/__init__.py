@@ -1,8 +1,16 @@
 """Embedded toy task for the demo and tests: ``S n =`` → ``a b`` with a + b = n, a local tokenizer, a tiny cached
-Qwen2 base policy whose pass@1 is well below its pass@k, and a sampling evaluation (pass@k, diversity, divergence)."""
+Qwen2 base policy whose pass@1 is well below its pass@k, a stronger cached teacher for the teacher-guided methods,
+and a sampling evaluation (pass@k, diversity, divergence)."""
 
 from .evaluate import evaluate, pass_at_k
-from .model import BaseModelConfig, build_base_model, build_random_model, default_cache_dir
+from .model import (
+    TEACHER_CONFIG,
+    BaseModelConfig,
+    build_base_model,
+    build_random_model,
+    build_teacher_model,
+    default_cache_dir,
+)
 from .task import (
     N_TRAIN,
     is_correct,
@@ -19,10 +27,12 @@ from .tokenizer import VOCAB, build_tokenizer, load_tokenizer
 
 __all__ = [
     "N_TRAIN",
+    "TEACHER_CONFIG",
     "VOCAB",
     "BaseModelConfig",
     "build_base_model",
     "build_random_model",
+    "build_teacher_model",
     "build_tokenizer",
     "default_cache_dir",
     "evaluate",

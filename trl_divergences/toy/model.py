@@ -5,6 +5,10 @@ a per-prompt share q of correct answers (log-uniform in [0.1, 0.9]; 30% "hard" p
 [0.015, 0.06]), spread Zipf-wise (weight ∝ rank^−s) over a random order of the prompt's valid answers; the rest,
 1 − q, goes Zipf-wise to near misses (a + b = n ± 1, n ± 2). Folders load with
 ``AutoModelForCausalLM.from_pretrained`` and :func:`~trl_divergences.toy.tokenizer.load_tokenizer`.
+
+The toy *teacher* (:func:`build_teacher_model`, for the teacher-guided methods) is built by the same recipe with
+:data:`TEACHER_CONFIG`: the same task, prompts and tokenizer, a wider network trained 1.6× as long on SFT data
+whose answers are mostly correct (q log-uniform in [0.7, 0.95] for every prompt, no hard prompts).
 """
 
 from __future__ import annotations
@@ -51,6 +55,17 @@ class BaseModelConfig:
     share_range: tuple[float, float] = (0.1, 0.9)
     hard_fraction: float = 0.3
     hard_share_range: tuple[float, float] = (0.015, 0.06)
+
+
+#: the toy teacher: the base recipe, wider (H = 160, so the exact path sees H_τ ≠ H), 1.6× the SFT steps, and SFT
+#: data whose answers are mostly correct on every prompt (pass@1 well above the base's)
+TEACHER_CONFIG = BaseModelConfig(
+    hidden_size=160,
+    intermediate_size=320,
+    steps=4000,
+    share_range=(0.7, 0.95),
+    hard_fraction=0.0,
+)
 
 
 def default_cache_dir() -> Path:
@@ -164,7 +179,7 @@ def _pretrain(config: BaseModelConfig, seed: int, progress: bool):
         opt,
         lambda step: min(1.0, (step + 1) / config.warmup_steps) * 0.5 * (1.0 + math.cos(math.pi * step / config.steps)),
     )
-    bar = tqdm(_batches(probs, config, seed), total=config.steps, desc="toy base SFT", disable=not progress)
+    bar = tqdm(_batches(probs, config, seed), total=config.steps, desc="toy SFT", disable=not progress)
     loss_ema = float("nan")
     for step, ids in enumerate(bar):
         logits = model(input_ids=ids[:, :-1]).logits[:, 2:]  # positions of "=", a, b predict a, b, <eos>
@@ -199,9 +214,26 @@ def build_base_model(
     ``overrides`` replace fields of ``config`` (e.g. ``steps=10``). The folder, ``<cache>/toy-base-<key>``, is
     written to a temporary directory and renamed into place, so concurrent builders never see a partial folder.
     """
-    config = replace(config or BaseModelConfig(), **overrides)
+    return _build("toy-base", replace(config or BaseModelConfig(), **overrides), seed, cache_dir, progress)
+
+
+def build_teacher_model(
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    *,
+    config: BaseModelConfig | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> Path:
+    """Return the folder of the toy teacher (:data:`TEACHER_CONFIG` unless ``config`` is given), building it on first
+    use like :func:`build_base_model` (cached as ``<cache>/toy-teacher-<key>``). Same vocabulary and tokenizer as the
+    base model."""
+    return _build("toy-teacher", replace(config or TEACHER_CONFIG, **overrides), seed, cache_dir, progress)
+
+
+def _build(prefix: str, config: BaseModelConfig, seed: int, cache_dir: str | Path | None, progress: bool) -> Path:
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / f"toy-base-{cache_key(config, seed)}"
+    final = root / f"{prefix}-{cache_key(config, seed)}"
     if (final / BUILD_INFO).is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)

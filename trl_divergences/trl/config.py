@@ -17,6 +17,7 @@ from ..masks import TOKEN_MASKS
 from ..objective import KWARGS_FIELDS, Objective, kwargs_dict
 from ..rehearsal.loss import REHEARSAL_DIVERGENCES
 from ..reweighting import ADVANTAGE_REWEIGHTINGS
+from ..teacher import TEACHER_METHODS
 
 #: loss types whose normalizer is a token count, so rollouts dropped from the loss leave the mean (PSR/NSR)
 TOKEN_MEAN_LOSS_TYPES = ("bnpo", "dapo")
@@ -156,6 +157,31 @@ class DivergenceGRPOConfig(GRPOConfig):
         metadata={"help": "Drop the store's perfect prompts from train_dataset (DPH-RL runs RL on the rest only)."},
     )
 
+    # ---- teacher-guided RL: a frozen teacher sharing the student's tokenizer ----------------------------------
+    teacher_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name or path of the teacher τ (or pass a loaded model as the trainer's teacher_model=); it must "
+            "share the student's tokenizer. Runs at the rollout temperature, one no-grad forward per generation batch."
+        },
+    )
+    teacher_model_init_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "from_pretrained kwargs of the teacher (dtype defaults to the policy's)."},
+    )
+    teacher_method: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Teacher-guided method: one of {', '.join(TEACHER_METHODS.names())}, or None. kdrl = GRPO + "
+            "coef·D(π‖τ); exact_opd = D(π‖τ) exact over the vocabulary; g_opd / exopd = teacher log-ratio "
+            "advantages; trrd = the PPO ratio anchored to τ."
+        },
+    )
+    teacher_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Hyper-parameters of the teacher method, e.g. {'coef': 5e-3, 'schedule': 'linear_anneal'}."},
+    )
+
     def __post_init__(self) -> None:
         _parse_json_fields(self)
         super().__post_init__()
@@ -185,6 +211,12 @@ class DivergenceGRPOConfig(GRPOConfig):
             group="num_generations",
         )
         objective.check_token_count_normaliser("loss_type", self.loss_type, TOKEN_MEAN_LOSS_TYPES)
+        self.teacher_model_init_kwargs = kwargs_dict("teacher_model_init_kwargs", self.teacher_model_init_kwargs)
+        if self.teacher_model is not None and self.teacher_method is None:
+            raise ValueError(
+                f"teacher_model {self.teacher_model!r} given without a teacher_method to use it; one of "
+                f"{', '.join(TEACHER_METHODS.names())}"
+            )
         if objective.requirements.greedy_filter and self.use_vllm:
             raise ValueError(
                 f"curriculum {self.curriculum!r} greedy-decodes with transformers; use_vllm is not supported yet"
@@ -233,6 +265,8 @@ class DivergenceGRPOConfig(GRPOConfig):
             rehearsal_divergence=self.rehearsal_divergence,
             rehearsal_kwargs=self.rehearsal_kwargs,
             rehearsal_coef=self.rehearsal_coef,
+            teacher_method=self.teacher_method,
+            teacher_kwargs=self.teacher_kwargs,
         )
 
     @property

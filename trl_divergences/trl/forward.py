@@ -77,7 +77,8 @@ def decoder_layers(model: Any) -> Any:
 class ForwardRequest:
     """One TRL call's :class:`~trl_divergences.objective.VocabularyRequest` (what the wrapped forward computes for its
     rows) with what TRL's call adds: the completion length, the temperature, the lm_head cast, and the reference's
-    hidden states and lm_head for exact divergences. Results accumulate in ``results`` by name, in row order.
+    (and the teacher's) hidden states and lm_head for exact divergences. Results accumulate in ``results`` by name,
+    in row order.
     """
 
     spec: VocabularyRequest
@@ -87,6 +88,9 @@ class ForwardRequest:
     ref_hidden: Tensor | None = None
     ref_weight: Tensor | None = None
     ref_bias: Tensor | None = None
+    teacher_hidden: Tensor | None = None
+    teacher_weight: Tensor | None = None
+    teacher_bias: Tensor | None = None
     results: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
     offset: int = 0
 
@@ -119,6 +123,9 @@ class ForwardRequest:
             ref_hidden=None if self.ref_hidden is None else self.ref_hidden[rows],
             ref_weight=self.ref_weight,
             ref_bias=self.ref_bias,
+            teacher_hidden=None if self.teacher_hidden is None else self.teacher_hidden[rows],
+            teacher_weight=self.teacher_weight,
+            teacher_bias=self.teacher_bias,
             penultimate=penultimate,
             exact_weights=None
             if self.exact_weights is None

@@ -11,8 +11,10 @@ Overridden (all private TRL methods below are covered by tests that fail if TRL 
 * ``_get_train_sampler``: a curriculum's weighted sampler with ``RepeatSampler``'s layout.
 * ``_calculate_rewards``: keeps the gathered rewards for the objective's rollout step.
 * ``_generate_and_score_completions``: SELF's greedy filter before the rollouts; after TRL's scoring, the reference
-  hidden states, the rollout-time policy pass and the objective's rollout step.
-* ``_get_per_token_logps_and_entropies``: records the policy log-probs of the loss forward (with their graph).
+  hidden states, the teacher's pass (its log-probs of the sampled tokens and, for exact divergences, its hidden
+  states), the rollout-time policy pass and the objective's rollout step.
+* ``_get_per_token_logps_and_entropies``: records the policy log-probs of the loss forward (with their graph) and,
+  when a teacher anchors the ratio (TRRD), gives TRL's loss the anchor in place of log π_old.
 * ``get_high_entropy_mask``: during our loss, TRL's own mask AND the objective's policy-gradient keep mask.
 * ``_compute_loss``: runs TRL's loss (TRL's own k3 only when the penalty is exactly TRL's), then adds the
   objective's per-token terms aggregated like TRL's loss, its auxiliary losses and the rehearsal term.
@@ -36,10 +38,13 @@ import torch
 from torch import Tensor
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import get_config_model_id, use_adapter
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.trainer.utils import create_model_from_path, get_config_model_id, use_adapter
 
 from ..curricula import CurriculumSampler
 from ..objective import FULL, TokenInputs, TokenTerms, VocabularyRequest, importance_weight
+from ..ops import fused_linear_logprob_entropy_divergence
+from ..teacher import check_shared_tokenizer
 from .config import DivergenceGRPOConfig
 from .forward import (
     ForwardRequest,
@@ -96,6 +101,8 @@ class CallContext:
     Attributes:
         request: vocabulary statistics the wrapped forward computes (None: nothing beyond TRL's outputs).
         inputs: the loss micro-batch (None for the rollout pass).
+        pg_inputs: the copy of ``inputs`` TRL's loss reads, whose log π_old becomes the teacher's anchor once the
+            policy log-probs are known (TRRD), or None.
         logps: the policy log-probs of the call's first forward, with graph (recorded by the log-prob override).
         terms: the objective's terms, once computed inside ``get_high_entropy_mask``.
         rewards_per_func: TRL's gathered rewards of the generation batch being scored.
@@ -103,6 +110,7 @@ class CallContext:
 
     request: ForwardRequest | None = None
     inputs: dict[str, Any] | None = None
+    pg_inputs: dict[str, Any] | None = None
     logps: Tensor | None = None
     terms: TokenTerms | None = None
     rewards_per_func: Tensor | None = None
@@ -125,13 +133,19 @@ def _as_divergence_config(args: GRPOConfig | None, model: Any) -> DivergenceGRPO
 class DivergenceGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose KL penalty is any registered divergence, estimated per token by a sampled estimator or
     exactly over the vocabulary, plus the configured token masks, advantage reweighting, curriculum and coefficient
-    schedule. Takes a :class:`DivergenceGRPOConfig` (a plain ``GRPOConfig`` or none gives TRL's behaviour);
-    everything else is TRL's."""
+    schedule, and a teacher-guided method. Takes a :class:`DivergenceGRPOConfig` (a plain ``GRPOConfig`` or none gives
+    TRL's behaviour); everything else is TRL's.
+
+    Extra arguments: ``teacher_model`` — a loaded teacher (or a name / path; overrides the config's), and
+    ``teacher_processing_class`` — the teacher's tokenizer when it cannot be loaded from the teacher's name or path.
+    The teacher must share the student's tokenizer (checked here)."""
 
     _tag_names = [*GRPOTrainer._tag_names, "trl-divergences"]
 
     def __init__(self, model: Any, reward_funcs: Any = None, args: GRPOConfig | None = None, *rest: Any, **kwargs: Any):
         args = _as_divergence_config(args, model)
+        teacher = kwargs.pop("teacher_model", None)
+        teacher_tokenizer = kwargs.pop("teacher_processing_class", None)
         self.objective = args.build_objective()
         self._context: CallContext | None = None
         requirements = self.objective.requirements
@@ -158,6 +172,11 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         install_forward_request_hook(hf_model(self.model), self._current_request)
         # from the config: under ZeRO-3 the local lm_head weight is a partition
         self._vocab_size = hf_model(self.model).config.get_text_config().vocab_size
+        self.teacher_model = None
+        if requirements.teacher_model:
+            self.teacher_model = self._load_teacher(teacher or self.args.teacher_model, teacher_tokenizer)
+        elif teacher is not None:
+            raise ValueError("teacher_model given without a teacher_method (DivergenceGRPOConfig) to use it")
 
     # ---- the per-call context -------------------------------------------------------------------------------------
     def _current_request(self) -> ForwardRequest | None:
@@ -185,14 +204,22 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             for name, value in saved.items():
                 setattr(self, name, value)
 
-    def _forward_request(self, spec: VocabularyRequest | None, n_completion: int, ref_hidden: Tensor | None):
-        """A :class:`ForwardRequest` for ``spec`` (None: nothing to compute), with the reference lm_head when the
-        request has exact divergences."""
+    def _forward_request(
+        self,
+        spec: VocabularyRequest | None,
+        n_completion: int,
+        ref_hidden: Tensor | None,
+        teacher_hidden: Tensor | None = None,
+    ):
+        """A :class:`ForwardRequest` for ``spec`` (None: nothing to compute), with the reference's (the teacher's)
+        lm_head when the request has exact divergences to it."""
         if spec is None:
             return None
-        ref_weight = ref_bias = None
+        ref_weight = ref_bias = teacher_weight = teacher_bias = None
         if spec.needs_reference:
             ref_weight, ref_bias = lm_head_weight(self._reference_backbone_and_head()[2])
+        if spec.needs_teacher:
+            teacher_weight, teacher_bias = lm_head_weight(self.accelerator.unwrap_model(self.teacher_model))
         return ForwardRequest(
             spec=spec,
             n_completion=n_completion,
@@ -201,6 +228,9 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             ref_hidden=ref_hidden,
             ref_weight=None if ref_weight is None else ref_weight.detach(),
             ref_bias=None if ref_bias is None else ref_bias.detach(),
+            teacher_hidden=teacher_hidden,
+            teacher_weight=teacher_weight,
+            teacher_bias=teacher_bias,
         )
 
     def _log(self, mode: str, metrics: dict[str, float]) -> None:
@@ -221,13 +251,20 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         base = unwrapped.get_base_model()
         return use_adapter(unwrapped, adapter), base.base_model, base
 
-    @torch.no_grad()
     def _reference_hidden_states(self, output: dict[str, Any]) -> Tensor:
         """Final hidden states [B, C, H] of the reference at the positions predicting the C completion tokens."""
+        ctx, backbone, _ = self._reference_backbone_and_head()
+        return self._completion_hidden_states(output, backbone, ctx)
+
+    @torch.no_grad()
+    def _completion_hidden_states(
+        self, output: dict[str, Any], backbone: Any, ctx: contextlib.AbstractContextManager
+    ) -> Tensor:
+        """Final hidden states [B, C, H] of ``backbone`` (under ``ctx``) at the positions predicting the C completion
+        tokens of the generation batch ``output``, per_device_train_batch_size rows at a time."""
         input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
         attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         n_completion = output["completion_ids"].size(1)
-        ctx, backbone, _ = self._reference_backbone_and_head()
         batch = self.args.per_device_train_batch_size
         chunks = []
         with ctx, self.accelerator.autocast():
@@ -239,6 +276,82 @@ class DivergenceGRPOTrainer(GRPOTrainer):
                 ).last_hidden_state
                 chunks.append(hs[:, :-1][:, -n_completion:])
         return torch.cat(chunks)
+
+    # ---- the teacher ------------------------------------------------------------------------------------------------
+    def _load_teacher(self, teacher: Any, teacher_tokenizer: Any) -> Any:
+        """The teacher model, loaded (from a name or path, with ``teacher_model_init_kwargs``), checked to share the
+        student's tokenizer, frozen and prepared for the distributed set-up like TRL's reference model."""
+        method = self.objective.teacher.name
+        if teacher is None:
+            raise ValueError(
+                f"teacher_method {method!r} needs a teacher: set teacher_model (a name or path) in the config or pass "
+                "teacher_model= to the trainer"
+            )
+        if isinstance(teacher, str):
+            kwargs = dict(self.args.teacher_model_init_kwargs)
+            kwargs.setdefault("dtype", self.model.dtype)
+            model = create_model_from_path(teacher, **kwargs)
+        else:
+            model = teacher
+        teacher_name = get_config_model_id(model.config)
+        student = self.processing_class
+        student = getattr(student, "tokenizer", student)  # a processor's tokenizer
+        if teacher_tokenizer is None:
+            try:
+                teacher_tokenizer = type(student).from_pretrained(teacher if isinstance(teacher, str) else teacher_name)
+            except (OSError, ValueError) as error:
+                raise ValueError(
+                    f"could not load the tokenizer of the teacher {teacher_name!r} ({error}); pass "
+                    "teacher_processing_class= to the trainer"
+                ) from error
+        exact = self.objective.requirements.teacher_hidden
+        check_shared_tokenizer(
+            student,
+            getattr(teacher_tokenizer, "tokenizer", teacher_tokenizer),
+            student_name=get_config_model_id(hf_model(self.model).config),
+            teacher_name=teacher_name,
+            student_vocab_size=self._vocab_size if exact else None,
+            teacher_vocab_size=model.config.get_text_config().vocab_size if exact else None,
+        )
+        check_plain_lm_head(model, "a teacher-guided method (the teacher's log-probs come from its lm_head)")
+        model.requires_grad_(False)
+        model.eval()
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(model, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(model, self.accelerator)
+        return self.accelerator.prepare_model(model, evaluation_mode=True)
+
+    @torch.no_grad()
+    def _teacher_pass(self, output: dict[str, Any]) -> None:
+        """One no-grad teacher forward over the generation batch: its log-probs of the sampled tokens at the rollout
+        temperature (``teacher_per_token_logps``, from its final hidden states and lm_head tile by tile) and, for an
+        exact divergence, the hidden states themselves (``teacher_hidden_states``, carried like the reference's)."""
+        requirements = self.objective.requirements
+        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        hidden = self._completion_hidden_states(output, teacher.base_model, contextlib.nullcontext())
+        if requirements.teacher_logps:
+            weight, bias = lm_head_weight(teacher)
+            rows = self.args.per_device_train_batch_size
+            completion_ids = output["completion_ids"]
+            output["teacher_per_token_logps"] = torch.cat(
+                [
+                    fused_linear_logprob_entropy_divergence(
+                        hidden[start : start + rows].float()
+                        if self.args.cast_lm_head_to_fp32
+                        else hidden[start : start + rows],
+                        weight,
+                        None,
+                        None,
+                        completion_ids[start : start + rows],
+                        temperature=self.temperature,
+                        bias=bias,
+                    )[0]
+                    for start in range(0, hidden.size(0), rows)
+                ]
+            )
+        if requirements.teacher_hidden:
+            output["teacher_hidden_states"] = hidden
 
     # ---- TRL overrides: rollouts ----------------------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
@@ -278,6 +391,8 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             output["advantages"] = torch.zeros_like(output["advantages"])
         if requirements.ref_hidden:
             output["ref_hidden_states"] = self._reference_hidden_states(output)
+        if requirements.teacher_model:
+            self._teacher_pass(output)
         if requirements.rollout_statistics:
             rewards = total_rewards(self, context.rewards_per_func)
             old_logps, statistics = output.get("old_per_token_logps"), {}
@@ -312,6 +427,10 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         context = self._context
         if context is not None and context.inputs is not None and context.logps is None:
             context.logps = result[0]
+            if context.pg_inputs is not None:
+                context.pg_inputs["old_per_token_logps"] = self.objective.pg_old_logps(
+                    result[0], context.inputs.get("old_per_token_logps"), context.inputs["teacher_per_token_logps"]
+                ).to(result[0].dtype)
         return result
 
     def get_high_entropy_mask(self, entropies: Tensor, mask: Tensor, threshold: float) -> Tensor:
@@ -330,8 +449,9 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         inputs, logps = context.inputs, context.logps
         mask = completion_tokens(inputs)
         weight = None
-        sampled_penalty = self.objective.requirements.penalty and self.objective.estimator != FULL
-        if sampled_penalty and not self._stock_kl and self.args.use_bias_correction_kl:
+        requirements = self.objective.requirements
+        sampled_penalty = requirements.penalty and self.objective.estimator != FULL and not self._stock_kl
+        if (sampled_penalty or requirements.teacher_sampled_penalty) and self.args.use_bias_correction_kl:
             weight = importance_weight(logps, inputs.get("old_per_token_logps"), mask, self.importance_sampling_level)
         return TokenInputs(
             mask=mask,
@@ -340,6 +460,7 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             advantages=inputs["advantages"],
             old_logps=inputs.get("old_per_token_logps"),
             ref_logps=inputs.get("ref_per_token_logps"),
+            teacher_logps=inputs.get("teacher_per_token_logps"),
             correct=inputs.get("correct"),
             proxy_logps=inputs.get("proxy_per_token_logps"),
             divergence_weight=inputs.get("divergence_weight"),
@@ -354,7 +475,10 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         objective, requirements = self.objective, self.objective.requirements
         mode = "train" if self.model.training else "eval"
         request = self._forward_request(
-            objective.loss_request(), inputs["completion_ids"].size(1), inputs.get("ref_hidden_states")
+            objective.loss_request(),
+            inputs["completion_ids"].size(1),
+            inputs.get("ref_hidden_states"),
+            inputs.get("teacher_hidden_states"),
         )
         mask = completion_tokens(inputs)
         penalty_weights = objective.penalty_weights(mask, inputs.get("divergence_weight"))
@@ -362,14 +486,15 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             # the exact penalty's weights are known: aggregate it with its gradient inside the forward
             request.exact_weights = {"divergence": penalty_weights * trl_loss_weights(self, mask, inputs)}
         selection = requirements.token_selection
+        pg_inputs = dict(inputs) if requirements.ratio_anchor else None
         with (
-            self._call(CallContext(request=request, inputs=inputs)) as context,
+            self._call(CallContext(request=request, inputs=inputs, pg_inputs=pg_inputs)) as context,
             self._trl_reads(
                 beta=self.beta if self._stock_kl else 0.0,
                 top_entropy_quantile=0.5 if selection else self.top_entropy_quantile,
             ),
         ):
-            loss = super()._compute_loss(model, inputs)
+            loss = super()._compute_loss(model, inputs if pg_inputs is None else pg_inputs)
             terms = context.terms or objective.token_terms(
                 self._token_inputs(context, None), penalty=not self._stock_kl
             )

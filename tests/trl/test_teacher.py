@@ -1,0 +1,202 @@
+"""Teacher-guided methods in the TRL adapter: a 2-step run per method on the tiny model with finite loss and its
+``teacher/<name>/...`` metrics; parity (a teacher equal to the reference gives the reference-divergence term, exactly
+for the sampled k2 and the exact path; TRRD with α = 1 is GRPO); the teacher's tokenizer and ρ are checked."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from trl_divergences import DivergenceGRPOConfig, DivergenceGRPOTrainer
+from trl_divergences.objective import Objective, RolloutInputs
+from trl_divergences.toy import BaseModelConfig, build_random_model, build_tokenizer
+
+from .helpers import BASE_ARGS, make_trainer, prompts_dataset, varied_reward
+
+pytestmark = pytest.mark.slow
+
+#: a teacher wider than the student (H_τ = 48 vs 32), same tokenizer
+TEACHER = BaseModelConfig(hidden_size=48, intermediate_size=64, num_heads=2, num_kv_heads=1)
+SHORT = dict(max_steps=2, learning_rate=0.05, per_device_train_batch_size=4, gradient_accumulation_steps=2)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> str:
+    return str(build_random_model(tmp_path_factory.mktemp("teacher") / "model", seed=1, config=TEACHER))
+
+
+def _logs(trainer) -> list[dict]:
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
+CASES = [
+    ("kdrl", {}, ["teacher/kdrl/reverse_kl", "teacher/kdrl/reverse_kl/k2", "teacher/kdrl/coef"]),
+    (
+        "kdrl",
+        {
+            "estimator": "full",
+            "only_incorrect": True,
+            "schedule": "linear_anneal",
+            "schedule_kwargs": {"anneal_steps": 2},
+        },
+        ["teacher/kdrl/reverse_kl/full", "teacher/kdrl/kd_fraction", "teacher/kdrl/coef"],
+    ),
+    ("exact_opd", {"divergence": "js"}, ["teacher/exact_opd/js/full", "teacher/exact_opd/coef"]),
+    ("g_opd", {}, ["teacher/g_opd/advantage", "teacher/g_opd/log_ratio"]),
+    ("exopd", {"outcome_weight": 0.5}, ["teacher/exopd/advantage", "teacher/exopd/log_ratio"]),
+    ("trrd", {}, ["teacher/trrd/initial_ratio", "teacher/trrd/clamped_fraction"]),
+]
+
+
+@pytest.mark.parametrize("method,kwargs,keys", CASES, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(CASES)])
+def test_two_steps_per_method(tiny_model_dir, tokenizer, tmp_path, teacher_dir, method, kwargs, keys):
+    trainer = make_trainer(
+        tiny_model_dir,
+        tokenizer,
+        tmp_path,
+        beta=0.0,
+        teacher_model=teacher_dir,
+        teacher_method=method,
+        teacher_kwargs=kwargs,
+        **SHORT,
+    )
+    trainer.train()
+    logs = _logs(trainer)
+    assert len(logs) == 2
+    for log in logs:
+        assert math.isfinite(log["loss"])
+        for key in keys:
+            assert math.isfinite(log[key]), key
+    assert trainer.ref_model is None or method == "exopd"  # ρ only where λ ≠ 1
+    state = trainer.methods_state_dict()["teacher"]
+    if method in ("kdrl", "exact_opd"):
+        assert set(state) == {"coef_now", "divergence_now"}
+    if kwargs.get("schedule") == "linear_anneal":
+        # 2e-3 · max(1 − 0.8·s/2, 0.2) at steps 0 and 1: 2e-3 then 1.2e-3
+        assert [log["teacher/kdrl/coef"] for log in logs] == pytest.approx([2e-3, 1.2e-3])
+
+
+def test_exopd_loads_the_reference_even_at_beta_zero(tiny_model_dir, tokenizer, tmp_path, teacher_dir):
+    trainer = make_trainer(
+        tiny_model_dir, tokenizer, tmp_path, beta=0.0, teacher_model=teacher_dir, teacher_method="exopd", **SHORT
+    )
+    assert trainer.ref_model is not None and trainer.objective.requirements.ref_logps
+
+
+def test_missing_reference_log_probs_fail_fast() -> None:
+    objective = Objective(teacher_method="exopd")
+    x = RolloutInputs(
+        rewards=torch.zeros(2),
+        advantages=torch.zeros(2),
+        group_ids=torch.tensor([0, 0]),
+        local=slice(0, 2),
+        completion_mask=torch.ones(2, 3),
+        old_logps=torch.zeros(2, 3),
+        teacher_logps=torch.zeros(2, 3),
+    )
+    with pytest.raises(ValueError, match=r"lam=1.25 != 1 needs the reference"):
+        objective.rollout_step(x, step=0, max_steps=2, training=True)
+    with pytest.raises(ValueError, match="needs the teacher's log-probs"):
+        Objective(teacher_method="kdrl").rollout_step(
+            RolloutInputs(x.rewards, x.advantages, x.group_ids, x.local, x.completion_mask),
+            step=0,
+            max_steps=2,
+            training=True,
+        )
+
+
+def _train(model_dir, tokenizer, tmp_path, **overrides):
+    trainer = make_trainer(model_dir, tokenizer, tmp_path, **overrides)
+    trainer.train()
+    params = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    return params, _logs(trainer)
+
+
+@pytest.mark.parametrize(
+    "reference, teacher",
+    [
+        ({"divergence_estimator": "k2"}, {"estimator": "k2", "coef": 0.2}),
+        ({"divergence_estimator": "full"}, {"estimator": "full", "coef": 0.2}),
+    ],
+    ids=["k2", "full"],
+)
+def test_kdrl_with_the_teacher_equal_to_the_reference_is_the_reference_term(
+    tiny_model_dir, tokenizer, tmp_path, reference, teacher
+):
+    ref_params, ref_logs = _train(tiny_model_dir, tokenizer, tmp_path / "ref", beta=0.2, **reference, **SHORT)
+    ours_params, ours_logs = _train(
+        tiny_model_dir,
+        tokenizer,
+        tmp_path / "teacher",
+        beta=0.0,
+        teacher_model=tiny_model_dir,
+        teacher_method="kdrl",
+        teacher_kwargs=teacher,
+        **SHORT,
+    )
+    for name in ref_params:
+        torch.testing.assert_close(ours_params[name], ref_params[name], atol=1e-6, rtol=0, msg=name)
+    estimator = teacher["estimator"]
+    assert [log[f"teacher/kdrl/reverse_kl/{estimator}"] for log in ours_logs] == pytest.approx(
+        [log["kl"] for log in ref_logs], rel=1e-4, abs=1e-7
+    )
+    assert ref_logs[-1]["kl"] > 0
+
+
+def test_trrd_with_alpha_one_is_grpo_and_below_one_is_not(tiny_model_dir, tokenizer, tmp_path, teacher_dir):
+    grpo, _ = _train(tiny_model_dir, tokenizer, tmp_path / "grpo", beta=0.0, **SHORT)
+    common = dict(beta=0.0, teacher_model=teacher_dir, teacher_method="trrd", **SHORT)
+    alpha_one, _ = _train(tiny_model_dir, tokenizer, tmp_path / "a1", teacher_kwargs={"alpha": 1.0}, **common)
+    half, _ = _train(tiny_model_dir, tokenizer, tmp_path / "a05", **common)
+    for name in grpo:
+        torch.testing.assert_close(alpha_one[name], grpo[name], atol=1e-6, rtol=0, msg=name)
+    assert any(not torch.allclose(half[name], grpo[name], atol=1e-5) for name in grpo)
+
+
+def test_a_teacher_with_another_tokenizer_is_refused_naming_both(tiny_model_dir, tokenizer, tmp_path, teacher_dir):
+    other = tmp_path / "other-teacher"
+    AutoModelForCausalLM.from_pretrained(teacher_dir).save_pretrained(other)
+    changed = build_tokenizer()
+    changed.add_tokens(["<think>"])
+    changed.save_pretrained(other)
+    with pytest.raises(ValueError) as info:
+        make_trainer(tiny_model_dir, tokenizer, tmp_path, teacher_model=str(other), teacher_method="kdrl", **SHORT)
+    message = str(info.value)
+    assert f"teacher {str(other)!r}" in message and f"student {tiny_model_dir!r}" in message
+    assert "only the teacher's: ['<think>']" in message
+
+
+def test_a_loaded_teacher_and_the_missing_cases(tiny_model_dir, tokenizer, tmp_path, teacher_dir):
+    args = DivergenceGRPOConfig(
+        output_dir=str(tmp_path / "loaded"), **{**BASE_ARGS, **SHORT, "beta": 0.0}, teacher_method="kdrl"
+    )
+
+    def trainer(**kwargs):
+        return DivergenceGRPOTrainer(
+            model=tiny_model_dir,
+            reward_funcs=varied_reward,
+            args=args,
+            train_dataset=prompts_dataset(),
+            processing_class=tokenizer,
+            **kwargs,
+        )
+
+    loaded = trainer(teacher_model=AutoModelForCausalLM.from_pretrained(teacher_dir))
+    loaded.train()
+    assert all(math.isfinite(log["teacher/kdrl/reverse_kl"]) for log in _logs(loaded))
+    with pytest.raises(ValueError, match="teacher_method 'kdrl' needs a teacher"):
+        trainer()
+    plain = {"use_cpu": True, "bf16": False, "report_to": []}
+    with pytest.raises(ValueError, match="teacher_model .* given without a teacher_method"):
+        DivergenceGRPOConfig(output_dir=str(tmp_path / "x"), teacher_model=teacher_dir, **plain)
+    with pytest.raises(ValueError, match="valid choices: kdrl, exact_opd"):
+        DivergenceGRPOConfig(output_dir=str(tmp_path / "x"), teacher_model=teacher_dir, teacher_method="opd", **plain)
+    with pytest.raises(ValueError, match="advantage_reweighting 'w_reinforce' conflicts"):
+        DivergenceGRPOConfig(
+            output_dir=str(tmp_path / "x"), teacher_method="g_opd", advantage_reweighting="w_reinforce", **plain
+        )
+    with pytest.raises(ValueError, match="teacher_kwargs given without a method"):
+        DivergenceGRPOConfig(output_dir=str(tmp_path / "x"), teacher_kwargs={"coef": 1.0}, **plain)
