@@ -11,8 +11,8 @@ import yaml
 from trl import GRPOConfig, TrlParser
 
 from trl_divergences import DivergenceGRPOConfig
-from trl_divergences.objective import KWARGS_FIELDS
 from trl_divergences.rehearsal.store import META
+from trl_divergences.trl.config import JSON_FIELDS
 
 COMMON_ARGV = ["--use_cpu", "--bf16", "false", "--report_to", "none"]
 OWN_FIELDS = sorted(
@@ -39,6 +39,10 @@ CASES: dict[str, tuple[object, dict[str, object]]] = {
     "rehearsal_batch_size": (3, {}),
     "rehearsal_kwargs": ({"beta": 0.3, "value_clamp": None}, {"rehearsal_divergence": "js"}),
     "rehearsal_exploration_only": (False, {}),
+    "teacher_model": ("some/teacher", {"teacher_method": "kdrl"}),
+    "teacher_model_init_kwargs": ({"dtype": "float32"}, {}),
+    "teacher_method": ("kdrl", {}),
+    "teacher_kwargs": ({"coef": 0.01}, {"teacher_method": "kdrl"}),
 }
 
 
@@ -46,7 +50,7 @@ CASES: dict[str, tuple[object, dict[str, object]]] = {
 def store(tmp_path_factory) -> str:
     """A folder the config accepts as a finished rehearsal store (only its marker file is read at construction)."""
     path = tmp_path_factory.mktemp("store")
-    (path / META).write_text("{}")
+    (path / META).write_text('{"n_samples": 1}')
     return str(path)
 
 
@@ -80,7 +84,7 @@ def _yaml(fields: dict[str, object], tmp_path, extra: list[str] = ()) -> Diverge
 
 def test_cases_cover_every_field():
     assert sorted(CASES) == OWN_FIELDS
-    assert set(KWARGS_FIELDS) == {name for name, (value, _) in CASES.items() if isinstance(value, dict)}
+    assert set(JSON_FIELDS) == {name for name, (value, _) in CASES.items() if isinstance(value, dict)}
     defaults = DivergenceGRPOConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[])
     assert all(getattr(defaults, name) != value for name, (value, _) in CASES.items())
 
@@ -96,7 +100,7 @@ def test_every_field_from_cli_and_yaml(name, source, store, tmp_path):
         assert getattr(args, other) == want
 
 
-@pytest.mark.parametrize("name", KWARGS_FIELDS)
+@pytest.mark.parametrize("name", JSON_FIELDS)
 def test_kwargs_as_json_strings_in_yaml(name, tmp_path):
     value, needs = CASES[name]
     args = _yaml({**needs, name: json.dumps(value)}, tmp_path)
@@ -122,7 +126,7 @@ def test_grpo_config_fields_from_the_command_line(tmp_path):
     )
 
 
-@pytest.mark.parametrize("name", KWARGS_FIELDS)
+@pytest.mark.parametrize("name", JSON_FIELDS)
 def test_bad_json_names_the_field(name, tmp_path):
     with pytest.raises(ValueError, match=f"{name} must be a JSON object.*got 'beta=0.3'"):
         _cli({name: "beta=0.3"}, tmp_path)

@@ -23,11 +23,15 @@ from ..teacher import TEACHER_METHODS
 TOKEN_MEAN_LOSS_TYPES = ("bnpo", "dapo")
 
 
+#: the dict fields of the config: the methods' kwargs and the teacher's from_pretrained kwargs
+JSON_FIELDS = (*KWARGS_FIELDS, "teacher_model_init_kwargs")
+
+
 def _parse_json_fields(config: Any) -> None:
     """Decode the ``*_kwargs`` fields given as strings (the command line's form, ``--divergence_kwargs '{"beta":
     0.3}'``; typed ``dict | str | None`` for ``HfArgumentParser``, as TRL types ``model_init_kwargs``); bad JSON raises
     ``ValueError`` naming the field."""
-    for name in KWARGS_FIELDS:
+    for name in JSON_FIELDS:
         value = getattr(config, name)
         if not isinstance(value, str):
             continue
@@ -165,9 +169,11 @@ class DivergenceGRPOConfig(GRPOConfig):
             "share the student's tokenizer. Runs at the rollout temperature, one no-grad forward per generation batch."
         },
     )
-    teacher_model_init_kwargs: dict[str, Any] = field(
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default_factory=dict,
-        metadata={"help": "from_pretrained kwargs of the teacher (dtype defaults to the policy's)."},
+        metadata={
+            "help": "from_pretrained kwargs of the teacher (JSON on the command line; dtype defaults to the policy's)."
+        },
     )
     teacher_method: str | None = field(
         default=None,
@@ -177,9 +183,12 @@ class DivergenceGRPOConfig(GRPOConfig):
             "advantages; trrd = the PPO ratio anchored to τ."
         },
     )
-    teacher_kwargs: dict[str, Any] = field(
+    teacher_kwargs: dict[str, Any] | str | None = field(
         default_factory=dict,
-        metadata={"help": "Hyper-parameters of the teacher method, e.g. {'coef': 5e-3, 'schedule': 'linear_anneal'}."},
+        metadata={
+            "help": "Hyper-parameters of the teacher method (JSON on the command line), e.g. "
+            '{"coef": 5e-3, "schedule": "linear_anneal"}.'
+        },
     )
 
     def __post_init__(self) -> None:
