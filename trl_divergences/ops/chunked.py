@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..divergences.base import Divergence, compute_dtype
+from . import tiled
 
 #: default number of [rows × V] elements per chunk: 16 MiB per fp32 temporary, below glibc's largest mmap threshold
 #: (32 MiB), so the chunk's temporaries are reused heap memory. Larger temporaries are fresh mmap pages on every
@@ -119,13 +120,6 @@ class TorchRows:
         zr = None if zr is None else zr.to(dtype)
         stats = _stats(z.to(dtype), zr, None, div, temperature)
         return _dz_from_stats(stats, tg, div, temperature, grads).to(out_dtype)
-
-    def forward_backward(self, z, zr, tg, div, temperature, grads, out_dtype):
-        dtype = compute_dtype(z.dtype)
-        zr = None if zr is None else zr.to(dtype)
-        stats = _stats(z.to(dtype), zr, tg, div, temperature)
-        logp, ent, dv = stats[4:]
-        return logp, ent, dv, _dz_from_stats(stats, tg, div, temperature, grads).to(out_dtype)
 
 
 TORCH_ROWS = TorchRows()
@@ -337,10 +331,9 @@ def fused_linear_logprob_entropy_divergence(
     chunk_rows: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Chunked fused-linear (logp, entropy, divergence) over flattened rows: hidden [N, H], weight [V, H]."""
-    n = hidden.shape[0]
-    rows = chunk_rows or default_chunk_rows(n, weight.shape[0])
-    return ChunkedFusedLinear.apply(
-        hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, divergence, temperature, rows, TORCH_ROWS
+    rows = chunk_rows or tiled.block_rows(hidden.shape[0], weight.shape[0])
+    return tiled.TiledFusedLinear.apply(
+        hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, divergence, temperature, rows
     )
 
 
@@ -358,15 +351,21 @@ def fused_linear_divergence_loss(
     bias: Tensor | None = None,
     ref_bias: Tensor | None = None,
     chunk_rows: int | None = None,
-    engine: RowEngine = TORCH_ROWS,
+    engine: RowEngine | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradient-in-forward loss over flattened rows (hidden [N, H], weight [V, H], per-row weights [N] or None).
 
-    Returns (loss [], logp [N], entropy [N], div [N]); see :class:`FusedLinearLossInForward`.
+    Returns (loss [], logp [N], entropy [N], div [N]). ``engine`` None: the vocabulary-tiled torch driver
+    (:class:`.tiled.TiledLossInForward`, ``chunk_rows`` tokens per block); a row engine (Triton): whole-row chunks
+    (:class:`FusedLinearLossInForward`).
     """
-    n = hidden.shape[0]
-    rows = chunk_rows or default_chunk_rows(n, weight.shape[0])
     weights = tuple(None if w is None else w.detach() for w in (weights_logp, weights_entropy, weights_div))
+    if engine is None:
+        rows = chunk_rows or tiled.block_rows(hidden.shape[0], weight.shape[0])
+        return tiled.TiledLossInForward.apply(
+            hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, weights, divergence, temperature, rows
+        )
+    rows = chunk_rows or default_chunk_rows(hidden.shape[0], weight.shape[0])
     return FusedLinearLossInForward.apply(
         hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, weights, divergence, temperature, rows, engine
     )

@@ -1,0 +1,350 @@
+"""Vocabulary-tiled fused-linear drivers (torch, the CPU path): logits = hidden @ weightᵀ (+ bias) in tiles of
+[rows × vocabulary tile], so each lm_head tile is read once per block of token rows and the elementwise work runs on
+cache-sized tiles.
+
+Forward of one token block (``rows`` tokens; both sides' scaled logits of the block are kept, [rows, V] each):
+
+1. per vocabulary tile: the GEMM, then an online log-sum-exp fold (running max m and Σ exp(z − m), rescaled when m
+   grows) while the tile is still in cache;
+2. per tile: lp = z − lse and lr = z_r − lse_r (in place), Σ π log π, Σ term and Σ dterm (the divergence's formulas,
+   :mod:`..divergences`); then log π(y) by a gather;
+3. gradient in the forward only: per tile, with T the temperature,
+
+       dL/dz = a·dterm − π·(b·lp + c),   a = w_div/T,  b = w_ent/T,  c = (w_logp + w_ent·H + w_div·Σ dterm)/T,
+
+   (the chain rule of :mod:`.chunked` through log-softmax, summed over the three outputs), then
+   grad h += dz @ W_tile and grad W_tile += dzᵀ @ h; the target's +w_logp/T enters as rows of W and h.
+
+The recompute-in-backward driver keeps (lse, lse_r, H, Σ dterm) per row and its backward is step 3 per tile with
+the upstream gradients as weights (both projections recomputed; no [rows, V] block kept). GEMM count: 4 with the
+gradient in the forward (as many as autograd through full logits), 6 when recomputing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..divergences.base import Divergence, compute_dtype
+
+#: [rows × V] logits elements per side kept for one token block in the forward (128 MiB per fp32 side): at
+#: V = 151,936 that is 220 rows, enough for the GEMMs to reuse each lm_head tile across many tokens
+BLOCK_ELEMENTS = 2**25
+#: [rows × width] elements of one vocabulary tile (2 MiB fp32): the tile and its temporaries stay in the L2/L3 cache
+TILE_ELEMENTS = 2**19
+
+
+def block_rows(n_rows: int, vocab: int) -> int:
+    """Token rows per block: ``BLOCK_ELEMENTS`` logits per side."""
+    return max(1, min(n_rows, BLOCK_ELEMENTS // max(vocab, 1)))
+
+
+def tile_width(rows: int, vocab: int) -> int:
+    """Vocabulary entries per tile for blocks of ``rows`` tokens: ``TILE_ELEMENTS`` logits per tile."""
+    return max(1, min(vocab, TILE_ELEMENTS // max(rows, 1)))
+
+
+def _tiles(vocab: int, width: int) -> list[tuple[int, int]]:
+    return [(v0, min(vocab, v0 + width)) for v0 in range(0, vocab, width)]
+
+
+class _Side:
+    """One projection: hidden [N, H] @ weight [V, H]ᵀ (+ bias [V]), times ``scale`` (1 / temperature)."""
+
+    def __init__(self, hidden: Tensor, weight: Tensor, bias: Tensor | None, scale: float) -> None:
+        self.hidden, self.weight, self.bias, self.scale = hidden, weight, bias, scale
+
+    def project(self, out: Tensor, rows: slice, v0: int, v1: int) -> Tensor:
+        """Scaled logits of tokens ``rows`` and vocabulary entries [v0, v1) into ``out`` (the accumulation dtype;
+        half-precision weights: the GEMM runs in their dtype, then widens)."""
+        h, w = self.hidden[rows], self.weight[v0:v1]
+        b = None if self.bias is None else self.bias[v0:v1]
+        if w.dtype == out.dtype:
+            if b is None:
+                torch.mm(h, w.t(), out=out)
+            else:
+                torch.addmm(b, h, w.t(), out=out)
+        else:
+            out.copy_(torch.nn.functional.linear(h, w, b))
+        if self.scale != 1.0:
+            out.mul_(self.scale)
+        return out
+
+
+def _fold_lse(z: Tensor, m: Tensor, s: Tensor, scratch: Tensor) -> None:
+    """Online log-sum-exp: fold tile z [n, w] into the running max m [n] and Σ exp(z − m) s [n], in place."""
+    new = torch.maximum(m, z.amax(-1))
+    base = new.masked_fill(new == -math.inf, 0.0)  # rows whose entries so far are all −inf
+    e = torch.sub(z, base.unsqueeze(-1), out=scratch).exp_()
+    s.mul_(torch.exp(m - base)).add_(e.sum(-1))
+    m.copy_(new)
+
+
+def _has_neg_inf(lp: Tensor) -> bool:
+    return bool(lp.amin() == -math.inf)
+
+
+def _plogp_sum(lp: Tensor, p_buf: Tensor, q_buf: Tensor) -> Tensor:
+    """Σ π log π over a tile of log-probs (0 log 0 = 0)."""
+    p = torch.exp(lp, out=p_buf)
+    plogp = torch.mul(p, lp, out=q_buf)
+    if _has_neg_inf(lp):
+        plogp.masked_fill_(p == 0, 0.0)
+    return plogp.sum(-1)
+
+
+def _tile_dz(
+    out: Tensor,
+    lp: Tensor,
+    dterm: Tensor | None,
+    a: Tensor | None,
+    b: Tensor | None,
+    c: Tensor,
+    p_buf: Tensor,
+    q_buf: Tensor,
+) -> Tensor:
+    """out = a·dterm − π·(b·lp + c) for a tile (a, b, c per row [n], a / b None for 0); ``out`` may alias ``lp``."""
+    p = torch.exp(lp, out=p_buf)
+    if b is None:
+        q = torch.mul(p, c.unsqueeze(-1), out=q_buf)
+    else:
+        q = torch.addcmul(c.unsqueeze(-1), lp, b.unsqueeze(-1), out=q_buf).mul_(p)
+        if _has_neg_inf(lp):
+            q.masked_fill_(p == 0, 0.0)
+    if dterm is None or a is None:
+        return torch.neg(q, out=out)
+    return torch.mul(dterm, a.unsqueeze(-1), out=out).sub_(q)
+
+
+def _coefficients(weights, entropy: Tensor, dterm_sum: Tensor | None, scale: float):
+    """(a, b, c, target coefficient) of :func:`_tile_dz` for per-row weights (w_logp, w_ent, w_div), None for 0."""
+    w_logp, w_ent, w_div = weights
+    c = torch.zeros_like(entropy)
+    if w_logp is not None:
+        c += w_logp
+    if w_ent is not None:
+        c += w_ent * entropy
+    if w_div is not None and dterm_sum is not None:
+        c += w_div * dterm_sum
+    a = None if w_div is None or dterm_sum is None else w_div * scale
+    b = None if w_ent is None else w_ent * scale
+    y_coef = None if w_logp is None else w_logp * scale
+    return a, b, c * scale, y_coef
+
+
+class _Grads:
+    """grad h [N, H], grad W [V, H], grad b [V] of the policy side, accumulated in the accumulation dtype."""
+
+    def __init__(self, side: _Side, needs: tuple[bool, bool, bool]) -> None:
+        dtype = compute_dtype(side.weight.dtype)
+        w = side.weight
+        self.side = side
+        self.h = torch.zeros(side.hidden.shape, dtype=dtype, device=w.device) if needs[0] else None
+        self.w = torch.zeros(w.shape, dtype=dtype, device=w.device) if needs[1] else None
+        self.b = torch.zeros(w.shape[0], dtype=dtype, device=w.device) if needs[2] and side.bias is not None else None
+
+    def add_tile(self, rows: slice, v0: int, v1: int, dz: Tensor) -> None:
+        """Accumulate the tile dL/dz [n, v1 − v0] of tokens ``rows``."""
+        w = self.side.weight
+        g = dz if dz.dtype == w.dtype else dz.to(w.dtype)
+        if self.h is not None:
+            if g.dtype == self.h.dtype:
+                self.h[rows].addmm_(g, w[v0:v1])
+            else:
+                self.h[rows] += g @ w[v0:v1]
+        if self.w is not None:
+            h = self.side.hidden[rows].to(w.dtype)
+            if g.dtype == self.w.dtype:
+                self.w[v0:v1].addmm_(g.t(), h)
+            else:
+                self.w[v0:v1] += g.t() @ h
+        if self.b is not None:
+            self.b[v0:v1] += dz.sum(0, dtype=self.b.dtype)
+
+    def add_targets(self, rows: slice, targets: Tensor, coef: Tensor) -> None:
+        """Accumulate dL/dz[t, y_t] += coef_t for tokens ``rows`` (the one-hot part of ∂log π(y)/∂z)."""
+        side = self.side
+        if self.h is not None:
+            self.h[rows] += coef.unsqueeze(-1) * side.weight[targets].to(self.h.dtype)
+        if self.w is not None:
+            self.w.index_add_(0, targets, coef.unsqueeze(-1) * side.hidden[rows].to(self.w.dtype))
+        if self.b is not None:
+            self.b.index_add_(0, targets, coef.to(self.b.dtype))
+
+    def result(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """(grad h, grad W, grad b) in the inputs' dtypes."""
+        side = self.side
+        pairs = ((self.h, side.hidden), (self.w, side.weight), (self.b, side.bias))
+        return tuple(None if g is None else g.to(like.dtype) for g, like in pairs)
+
+
+class _Forward:
+    """Steps 1–2 of the module docstring for every token block, optionally followed by step 3 (``weights``)."""
+
+    def __init__(self, pol: _Side, ref: _Side | None, targets: Tensor | None, div: Divergence, rows: int) -> None:
+        self.pol, self.ref, self.targets, self.div = pol, ref, targets, div
+        weight = pol.weight
+        self.dtype = compute_dtype(weight.dtype)
+        self.n, self.vocab = pol.hidden.shape[0], weight.shape[0]
+        self.rows = max(1, min(rows, self.n))
+        self.tiles = _tiles(self.vocab, tile_width(self.rows, self.vocab))
+        width = self.tiles[0][1] - self.tiles[0][0] if self.tiles else 1
+
+        def buf(cols: int) -> Tensor:
+            return torch.empty((self.rows, cols), dtype=self.dtype, device=weight.device)
+
+        self.z, self.zr = buf(self.vocab), (buf(self.vocab) if ref is not None else None)
+        self.p_buf, self.q_buf = buf(width), buf(width)
+
+        def zeros() -> Tensor:
+            return torch.zeros(self.n, dtype=self.dtype, device=weight.device)
+
+        self.logp, self.entropy, self.div_value = zeros(), zeros(), zeros()
+        self.lse, self.lse_ref, self.dterm_sum = zeros(), zeros(), zeros()
+
+    def run(self, weights: tuple[Tensor | None, ...] | None = None, grads: _Grads | None = None) -> None:
+        for start in range(0, self.n, self.rows):
+            self._block(slice(start, min(start + self.rows, self.n)), weights, grads)
+
+    def _lse(self, side: _Side, buf: Tensor, sl: slice, n: int) -> Tensor:
+        m = torch.full((n,), -math.inf, dtype=self.dtype, device=buf.device)
+        s = torch.zeros(n, dtype=self.dtype, device=buf.device)
+        for v0, v1 in self.tiles:
+            z = side.project(buf[:n, v0:v1], sl, v0, v1)
+            _fold_lse(z, m, s, self.p_buf[:n, : v1 - v0])
+        return m + s.log()
+
+    def _block(self, sl: slice, weights, grads: _Grads | None) -> None:
+        n = sl.stop - sl.start
+        z, zr = self.z[:n], None if self.zr is None else self.zr[:n]
+        lse = self.lse[sl] = self._lse(self.pol, z, sl, n)
+        if zr is not None:
+            lse_ref = self.lse_ref[sl] = self._lse(self.ref, zr, sl, n)
+        keep_dterm = weights is not None and weights[2] is not None
+        plogp = torch.zeros(n, dtype=self.dtype, device=z.device)
+        div_value, dterm_sum = torch.zeros_like(plogp), torch.zeros_like(plogp)
+        for v0, v1 in self.tiles:
+            p_buf, q_buf = self.p_buf[:n, : v1 - v0], self.q_buf[:n, : v1 - v0]
+            lp = z[:, v0:v1].sub_(lse.unsqueeze(-1))
+            plogp += _plogp_sum(lp, p_buf, q_buf)
+            if zr is not None:
+                lr = zr[:, v0:v1].sub_(lse_ref.unsqueeze(-1))
+                floored = self.div.floored(lp, lr)
+                div_value += self.div.term(*floored).sum(-1)
+                d = self.div.dterm_masked(lp, lr, floored)
+                dterm_sum += d.sum(-1)
+                if keep_dterm:
+                    lr.copy_(d)
+        self.entropy[sl] = entropy = -plogp
+        if zr is not None:
+            self.div_value[sl], self.dterm_sum[sl] = div_value, dterm_sum
+        tg = None if self.targets is None else self.targets[sl]
+        if tg is not None:
+            self.logp[sl] = z.gather(1, tg.unsqueeze(-1)).squeeze(-1)
+        if weights is None or grads is None:
+            return
+        block_weights = tuple(None if w is None else w[sl].to(self.dtype) for w in weights)
+        a, b, c, y_coef = _coefficients(block_weights, entropy, dterm_sum if zr is not None else None, self.pol.scale)
+        for v0, v1 in self.tiles:
+            lp, d = z[:, v0:v1], None if zr is None or a is None else zr[:, v0:v1]
+            dz = _tile_dz(lp, lp, d, a, b, c, self.p_buf[:n, : v1 - v0], self.q_buf[:n, : v1 - v0])
+            grads.add_tile(sl, v0, v1, dz)
+        if y_coef is not None and tg is not None:
+            grads.add_targets(sl, tg, y_coef)
+
+
+def _sides(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, temperature: float):
+    scale = 1.0 / temperature
+    pol = _Side(hidden, weight, bias, scale)
+    ref = None if ref_hidden is None else _Side(ref_hidden.detach(), ref_weight.detach(), _detach(ref_bias), scale)
+    return pol, ref
+
+
+def _detach(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach()
+
+
+class TiledFusedLinear(torch.autograd.Function):
+    """(logp, entropy, div) from hidden [N, H] @ weight [V, H]ᵀ, vocabulary-tiled; recompute in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, div, temperature, rows):
+        ctx.set_materialize_grads(False)
+        pol, ref = _sides(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, temperature)
+        fwd = _Forward(pol, ref, targets, div, rows)
+        fwd.run()
+        ctx.save_for_backward(
+            hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, fwd.lse, fwd.lse_ref, fwd.entropy,
+            fwd.dterm_sum,
+        )  # fmt: skip
+        ctx.div, ctx.temperature, ctx.rows = div, temperature, fwd.rows
+        return fwd.logp, fwd.entropy, fwd.div_value
+
+    @staticmethod
+    def backward(ctx, g_logp, g_ent, g_div):
+        hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, lse, lse_ref, entropy, dterm_sum = (
+            ctx.saved_tensors
+        )
+        pol, ref = _sides(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, ctx.temperature)
+        grads = _Grads(pol, ctx.needs_input_grad[:3])
+        dtype = compute_dtype(weight.dtype)
+        n_all, vocab, rows = hidden.shape[0], weight.shape[0], ctx.rows
+        tiles = _tiles(vocab, tile_width(rows, vocab))
+        width = tiles[0][1] - tiles[0][0] if tiles else 1
+        bufs = [torch.empty((rows, width), dtype=dtype, device=weight.device) for _ in range(4)]
+        upstream = tuple(None if g is None else g.to(dtype) for g in (g_logp, g_ent, g_div))
+        if targets is None:
+            upstream = (None, *upstream[1:])
+        if ref is None:
+            upstream = (*upstream[:2], None)
+        with torch.no_grad():
+            for start in range(0, n_all, rows):
+                sl = slice(start, min(start + rows, n_all))
+                n = sl.stop - sl.start
+                ws = tuple(None if g is None else g[sl] for g in upstream)
+                a, b, c, y_coef = _coefficients(ws, entropy[sl], dterm_sum[sl] if ref is not None else None, pol.scale)
+                for v0, v1 in tiles:
+                    z, zr, p_buf, q_buf = (t[:n, : v1 - v0] for t in bufs)
+                    lp = pol.project(z, sl, v0, v1).sub_(lse[sl].unsqueeze(-1))
+                    d = None
+                    if a is not None:
+                        lr = ref.project(zr, sl, v0, v1).sub_(lse_ref[sl].unsqueeze(-1))
+                        d = ctx.div.dterm_masked(lp, lr)
+                    grads.add_tile(sl, v0, v1, _tile_dz(lp, lp, d, a, b, c, p_buf, q_buf))
+                if y_coef is not None:
+                    grads.add_targets(sl, targets[sl], y_coef)
+        return *grads.result(), None, None, None, None, None, None, None
+
+
+class TiledLossInForward(torch.autograd.Function):
+    """Scalar Σ_t (w_logp·logp + w_ent·H + w_div·D) with grad h / W / b computed in the forward (vocabulary-tiled).
+
+    Returns (loss, logp, entropy, div); only ``loss`` is differentiable. The backward hands over the gradients
+    computed in the forward (scaled in place by the upstream scalar), so it runs once per forward.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, weights, div, temperature, rows):
+        pol, ref = _sides(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, temperature)
+        fwd = _Forward(pol, ref, targets, div, rows)
+        grads = _Grads(pol, ctx.needs_input_grad[:3])
+        fwd.run(weights, grads)
+        outs = (fwd.logp, fwd.entropy, fwd.div_value)
+        loss = sum((w.to(o.dtype) * o).sum() for w, o in zip(weights, outs) if w is not None)
+        loss = torch.as_tensor(loss, dtype=fwd.dtype, device=hidden.device)
+        ctx.grads = grads.result()
+        ctx.mark_non_differentiable(*outs)
+        return loss, *outs
+
+    @staticmethod
+    def backward(ctx, g_loss, *_):
+        if ctx.grads is None:
+            raise RuntimeError(
+                "fused_linear_divergence_loss: backward ran twice; its gradients are computed in the forward and "
+                "handed over once (call the op again, or use fused_linear_logprob_entropy_divergence)"
+            )
+        grads, ctx.grads = ctx.grads, None  # no second reference: autograd can take the tensors without a copy
+        grads = tuple(None if g is None else g.mul_(g_loss.to(g.dtype)) for g in grads)
+        return *grads, None, None, None, None, None, None, None, None
