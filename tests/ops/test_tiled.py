@@ -104,3 +104,19 @@ def test_block_and_tile_sizes() -> None:
     assert tiled.tile_width(220, 151936) == 2**19 // 220
     assert tiled.tile_width(1, 37) == 37
     assert tiled._tiles(37, 8) == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 37)]
+
+
+def test_rows_split_over_threads(small_tiles) -> None:
+    """Blocks of 20 rows with two threads: the elementwise work of each block runs in two row ranges."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inputs, ups = _fused_case(lead=(4, 10), seed=250)
+        for name, kw in CASES[:4]:
+            (outs, grads), (ref_outs, ref_grads) = _fused_both(inputs, ups, 20, divergence=name, **kw)
+            compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+            compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+            compare(*_loss_both(inputs, ups, 20, divergence=name, **kw), rtol=1e-10, atol=1e-12)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -23,6 +23,9 @@ gradient in the forward (as many as autograd through full logits), 6 when recomp
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -34,6 +37,8 @@ from ..divergences.base import Divergence, compute_dtype
 BLOCK_ELEMENTS = 2**25
 #: [rows × width] elements of one vocabulary tile (2 MiB fp32): the tile and its temporaries stay in the L2/L3 cache
 TILE_ELEMENTS = 2**19
+#: fewest rows a thread takes in a block's elementwise work
+MIN_ROWS_PER_THREAD = 8
 
 
 def block_rows(n_rows: int, vocab: int) -> int:
@@ -180,8 +185,34 @@ class _Grads:
         return tuple(None if g is None else g.to(like.dtype) for g, like in pairs)
 
 
-class _Forward:
-    """Steps 1–2 of the module docstring for every token block, optionally followed by step 3 (``weights``)."""
+def _in_threads(n: int, fn: Callable[[slice], None]) -> None:
+    """fn(rows) over up to ``torch.get_num_threads()`` contiguous ranges of ``n`` rows, each range in its own thread
+    with one intra-op thread: the elementwise work of a block needs no synchronisation between its rows, so this
+    replaces one OpenMP barrier per torch op (costly on small tiles, ruinous on a shared machine) by one per block."""
+    threads = torch.get_num_threads()
+    k = max(1, min(threads, n // MIN_ROWS_PER_THREAD))
+    if k == 1:
+        fn(slice(0, n))
+        return
+
+    grad_mode = torch.is_grad_enabled()  # thread-local: the workers take the caller's
+
+    def task(rows: slice) -> None:
+        torch.set_num_threads(1)
+        with torch.set_grad_enabled(grad_mode):
+            fn(rows)
+
+    try:
+        with ThreadPoolExecutor(k) as pool:
+            for job in [pool.submit(task, slice(i * n // k, (i + 1) * n // k)) for i in range(k)]:
+                job.result()
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Blocks:
+    """The token-block loop shared by both drivers: per block, both projections in one GEMM each into [rows, V]
+    buffers, the row math of the module docstring tile by tile (rows split over threads), then the gradient GEMMs."""
 
     def __init__(self, pol: _Side, ref: _Side | None, targets: Tensor | None, div: Divergence, rows: int) -> None:
         self.pol, self.ref, self.targets, self.div = pol, ref, targets, div
@@ -190,43 +221,77 @@ class _Forward:
         self.n, self.vocab = pol.hidden.shape[0], weight.shape[0]
         self.rows = max(1, min(rows, self.n))
         self.tiles = _tiles(self.vocab, tile_width(self.rows, self.vocab))
-        width = self.tiles[0][1] - self.tiles[0][0] if self.tiles else 1
+        self.z = torch.empty((self.rows, self.vocab), dtype=self.dtype, device=weight.device)
+        self.zr = None if ref is None else torch.empty_like(self.z)
 
-        def buf(cols: int) -> Tensor:
-            return torch.empty((self.rows, cols), dtype=self.dtype, device=weight.device)
-
-        self.z, self.zr = buf(self.vocab), (buf(self.vocab) if ref is not None else None)
-        self.p_buf, self.q_buf = buf(width), buf(width)
-
-        def zeros() -> Tensor:
-            return torch.zeros(self.n, dtype=self.dtype, device=weight.device)
-
-        self.logp, self.entropy, self.div_value = zeros(), zeros(), zeros()
-        self.lse, self.lse_ref, self.dterm_sum = zeros(), zeros(), zeros()
-
-    def run(self, weights: tuple[Tensor | None, ...] | None = None, grads: _Grads | None = None) -> None:
+    def blocks(self):
+        """Yield (global rows, z, zr) per block, with both sides' scaled logits projected into the buffers."""
         for start in range(0, self.n, self.rows):
-            self._block(slice(start, min(start + self.rows, self.n)), weights, grads)
+            sl = slice(start, min(start + self.rows, self.n))
+            n = sl.stop - sl.start
+            z = self.pol.project(self.z[:n], sl, 0, self.vocab)
+            zr = None if self.ref is None else self.ref.project(self.zr[:n], sl, 0, self.vocab)
+            yield sl, z, zr
 
-    def _lse(self, side: _Side, buf: Tensor, sl: slice, n: int) -> Tensor:
-        m = torch.full((n,), -math.inf, dtype=self.dtype, device=buf.device)
-        s = torch.zeros(n, dtype=self.dtype, device=buf.device)
+    def scratch(self, n: int) -> tuple[Tensor, Tensor]:
+        width = self.tiles[0][1] - self.tiles[0][0]
+        return tuple(torch.empty((n, width), dtype=self.dtype, device=self.z.device) for _ in range(2))
+
+    def lse(self, z: Tensor, p_buf: Tensor) -> Tensor:
+        m = torch.full(z.shape[:1], -math.inf, dtype=self.dtype, device=z.device)
+        s = torch.zeros_like(m)
         for v0, v1 in self.tiles:
-            z = side.project(buf[:n, v0:v1], sl, v0, v1)
-            _fold_lse(z, m, s, self.p_buf[:n, : v1 - v0])
+            _fold_lse(z[:, v0:v1], m, s, p_buf[:, : v1 - v0])
         return m + s.log()
 
-    def _block(self, sl: slice, weights, grads: _Grads | None) -> None:
-        n = sl.stop - sl.start
-        z, zr = self.z[:n], None if self.zr is None else self.zr[:n]
-        lse = self.lse[sl] = self._lse(self.pol, z, sl, n)
+    def dz(self, z: Tensor, zr: Tensor | None, coefs, bufs, dterm_kept: bool) -> None:
+        """z (log-probs) <- dL/dz tile by tile; zr holds dterm (``dterm_kept``) or the reference log-probs."""
+        a, b, c, _ = coefs
+        for v0, v1 in self.tiles:
+            lp, d = z[:, v0:v1], None
+            if a is not None:
+                d = zr[:, v0:v1] if dterm_kept else self.div.dterm_masked(lp, zr[:, v0:v1])
+            _tile_dz(lp, lp, d, a, b, c, bufs[0][:, : v1 - v0], bufs[1][:, : v1 - v0])
+
+
+class _Forward(_Blocks):
+    """Steps 1–2 of the module docstring for every token block, optionally followed by step 3 (``weights``)."""
+
+    def __init__(self, pol: _Side, ref: _Side | None, targets: Tensor | None, div: Divergence, rows: int) -> None:
+        super().__init__(pol, ref, targets, div, rows)
+
+        def zeros() -> Tensor:
+            return torch.zeros(self.n, dtype=self.dtype, device=pol.weight.device)
+
+        self.logp, self.entropy, self.div_value = zeros(), zeros(), zeros()
+        self.lse_pol, self.lse_ref, self.dterm_sum = zeros(), zeros(), zeros()
+
+    def run(self, weights: tuple[Tensor | None, ...] | None = None, grads: _Grads | None = None) -> None:
+        for sl, z, zr in self.blocks():
+            block_weights = None
+            if weights is not None:
+                block_weights = tuple(None if w is None else w[sl].to(self.dtype) for w in weights)
+            _in_threads(sl.stop - sl.start, partial(self._rows, sl, z, zr, block_weights))
+            if grads is not None:
+                grads.add_tile(sl, 0, self.vocab, z)
+                y_coef = (
+                    None if weights is None or weights[0] is None else weights[0][sl].to(self.dtype) * self.pol.scale
+                )
+                if y_coef is not None and self.targets is not None:
+                    grads.add_targets(sl, self.targets[sl], y_coef)
+
+    def _rows(self, sl: slice, z: Tensor, zr: Tensor | None, weights, r: slice) -> None:
+        g = slice(sl.start + r.start, sl.start + r.stop)
+        z, zr = z[r], None if zr is None else zr[r]
+        bufs = self.scratch(r.stop - r.start)
+        lse = self.lse_pol[g] = self.lse(z, bufs[0])
         if zr is not None:
-            lse_ref = self.lse_ref[sl] = self._lse(self.ref, zr, sl, n)
+            lse_ref = self.lse_ref[g] = self.lse(zr, bufs[0])
         keep_dterm = weights is not None and weights[2] is not None
-        plogp = torch.zeros(n, dtype=self.dtype, device=z.device)
+        plogp = torch.zeros_like(lse)
         div_value, dterm_sum = torch.zeros_like(plogp), torch.zeros_like(plogp)
         for v0, v1 in self.tiles:
-            p_buf, q_buf = self.p_buf[:n, : v1 - v0], self.q_buf[:n, : v1 - v0]
+            p_buf, q_buf = bufs[0][:, : v1 - v0], bufs[1][:, : v1 - v0]
             lp = z[:, v0:v1].sub_(lse.unsqueeze(-1))
             plogp += _plogp_sum(lp, p_buf, q_buf)
             if zr is not None:
@@ -237,22 +302,15 @@ class _Forward:
                 dterm_sum += d.sum(-1)
                 if keep_dterm:
                     lr.copy_(d)
-        self.entropy[sl] = entropy = -plogp
+        self.entropy[g] = entropy = -plogp
         if zr is not None:
-            self.div_value[sl], self.dterm_sum[sl] = div_value, dterm_sum
-        tg = None if self.targets is None else self.targets[sl]
-        if tg is not None:
-            self.logp[sl] = z.gather(1, tg.unsqueeze(-1)).squeeze(-1)
-        if weights is None or grads is None:
-            return
-        block_weights = tuple(None if w is None else w[sl].to(self.dtype) for w in weights)
-        a, b, c, y_coef = _coefficients(block_weights, entropy, dterm_sum if zr is not None else None, self.pol.scale)
-        for v0, v1 in self.tiles:
-            lp, d = z[:, v0:v1], None if zr is None or a is None else zr[:, v0:v1]
-            dz = _tile_dz(lp, lp, d, a, b, c, self.p_buf[:n, : v1 - v0], self.q_buf[:n, : v1 - v0])
-            grads.add_tile(sl, v0, v1, dz)
-        if y_coef is not None and tg is not None:
-            grads.add_targets(sl, tg, y_coef)
+            self.div_value[g], self.dterm_sum[g] = div_value, dterm_sum
+        if self.targets is not None:
+            self.logp[g] = z.gather(1, self.targets[g].unsqueeze(-1)).squeeze(-1)
+        if weights is not None:
+            row_weights = tuple(None if w is None else w[r] for w in weights)
+            coefs = _coefficients(row_weights, entropy, dterm_sum if zr is not None else None, self.pol.scale)
+            self.dz(z, zr, coefs, bufs, dterm_kept=True)
 
 
 def _sides(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, temperature: float):
@@ -276,7 +334,7 @@ class TiledFusedLinear(torch.autograd.Function):
         fwd = _Forward(pol, ref, targets, div, rows)
         fwd.run()
         ctx.save_for_backward(
-            hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, fwd.lse, fwd.lse_ref, fwd.entropy,
+            hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, fwd.lse_pol, fwd.lse_ref, fwd.entropy,
             fwd.dterm_sum,
         )  # fmt: skip
         ctx.div, ctx.temperature, ctx.rows = div, temperature, fwd.rows
@@ -289,32 +347,26 @@ class TiledFusedLinear(torch.autograd.Function):
         )
         pol, ref = _sides(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, ctx.temperature)
         grads = _Grads(pol, ctx.needs_input_grad[:3])
-        dtype = compute_dtype(weight.dtype)
-        n_all, vocab, rows = hidden.shape[0], weight.shape[0], ctx.rows
-        tiles = _tiles(vocab, tile_width(rows, vocab))
-        width = tiles[0][1] - tiles[0][0] if tiles else 1
-        bufs = [torch.empty((rows, width), dtype=dtype, device=weight.device) for _ in range(4)]
-        upstream = tuple(None if g is None else g.to(dtype) for g in (g_logp, g_ent, g_div))
-        if targets is None:
-            upstream = (None, *upstream[1:])
-        if ref is None:
-            upstream = (*upstream[:2], None)
+        blocks = _Blocks(pol, ref, targets, ctx.div, ctx.rows)
+        upstream = tuple(None if g is None else g.to(blocks.dtype) for g in (g_logp, g_ent, g_div))
+        upstream = (None if targets is None else upstream[0], upstream[1], None if ref is None else upstream[2])
+
+        def rows(sl: slice, z: Tensor, zr: Tensor | None, r: slice) -> None:
+            g = slice(sl.start + r.start, sl.start + r.stop)
+            z, zr = z[r], None if zr is None else zr[r]
+            z.sub_(lse[g].unsqueeze(-1))
+            if zr is not None:
+                zr.sub_(lse_ref[g].unsqueeze(-1))
+            ws = tuple(None if u is None else u[g] for u in upstream)
+            coefs = _coefficients(ws, entropy[g], None if ref is None else dterm_sum[g], pol.scale)
+            blocks.dz(z, zr, coefs, blocks.scratch(r.stop - r.start), dterm_kept=False)
+
         with torch.no_grad():
-            for start in range(0, n_all, rows):
-                sl = slice(start, min(start + rows, n_all))
-                n = sl.stop - sl.start
-                ws = tuple(None if g is None else g[sl] for g in upstream)
-                a, b, c, y_coef = _coefficients(ws, entropy[sl], dterm_sum[sl] if ref is not None else None, pol.scale)
-                for v0, v1 in tiles:
-                    z, zr, p_buf, q_buf = (t[:n, : v1 - v0] for t in bufs)
-                    lp = pol.project(z, sl, v0, v1).sub_(lse[sl].unsqueeze(-1))
-                    d = None
-                    if a is not None:
-                        lr = ref.project(zr, sl, v0, v1).sub_(lse_ref[sl].unsqueeze(-1))
-                        d = ctx.div.dterm_masked(lp, lr)
-                    grads.add_tile(sl, v0, v1, _tile_dz(lp, lp, d, a, b, c, p_buf, q_buf))
-                if y_coef is not None:
-                    grads.add_targets(sl, targets[sl], y_coef)
+            for sl, z, zr in blocks.blocks():
+                _in_threads(sl.stop - sl.start, partial(rows, sl, z, zr))
+                grads.add_tile(sl, 0, blocks.vocab, z)
+                if upstream[0] is not None:
+                    grads.add_targets(sl, targets[sl], upstream[0][sl] * pol.scale)
         return *grads.result(), None, None, None, None, None, None, None
 
 
