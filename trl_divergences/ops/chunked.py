@@ -1,7 +1,8 @@
 """Chunked torch path: log-prob of the target, entropy and any registered f-divergence, row chunk by row chunk.
 
-Peak memory is O(chunk_rows · V) instead of O(N · V). Two drivers share one row engine (:class:`TorchRows` here,
-the Triton kernels in :mod:`.triton`):
+Peak memory is O(chunk_rows · V) instead of O(N · V). The fused-linear ops on the torch path run on the
+block-and-tile drivers of :mod:`.tiled`; the drivers below share one row engine (:class:`TorchRows` here for the
+logits-level op, the Triton kernels in :mod:`.triton` for all three):
 
 * recompute-in-backward (:func:`logprob_entropy_divergence`, :func:`fused_linear_logprob_entropy_divergence`):
   the forward keeps only per-row outputs; the backward recomputes each chunk's logits (from the logits tensor, or
@@ -47,7 +48,8 @@ class RowEngine(Protocol):
 
     ``forward`` returns (logp | None, entropy, div | None, saved); ``saved`` is whatever ``backward`` needs besides
     the logits (None: recompute). ``backward`` returns dL/dz [n, V] in ``out_dtype`` for per-row upstream gradients
-    (None = no gradient from that output). ``forward_backward`` does both for known per-row loss weights.
+    (None = no gradient from that output). ``forward_backward`` does both for known per-row loss weights
+    (used by :class:`FusedLinearLossInForward`, the Triton path; :class:`TorchRows` leaves it out).
     """
 
     def forward(self, z: Tensor, zr: Tensor | None, tg: Tensor | None, div: Divergence, temperature: float): ...

@@ -1,23 +1,23 @@
-"""Vocabulary-tiled fused-linear drivers (torch, the CPU path): logits = hidden @ weightᵀ (+ bias) in tiles of
-[rows × vocabulary tile], so each lm_head tile is read once per block of token rows and the elementwise work runs on
-cache-sized tiles.
+"""Block-and-tile fused-linear drivers (torch, the CPU path): logits = hidden @ weightᵀ (+ bias) for a block of
+token rows at a time, then the row math on cache-sized vocabulary tiles of that block.
 
-Forward of one token block (``rows`` tokens; both sides' scaled logits of the block are kept, [rows, V] each):
+Per token block (``rows`` tokens; both sides' scaled logits of the block are kept, [rows, V] each, one GEMM per side
+so each lm_head row is read once per block), with the block's rows split over threads (:func:`_in_threads`):
 
-1. per vocabulary tile: the GEMM, then an online log-sum-exp fold (running max m and Σ exp(z − m), rescaled when m
-   grows) while the tile is still in cache;
+1. per vocabulary tile: an online log-sum-exp fold (running max m and Σ exp(z − m), rescaled when m grows);
 2. per tile: lp = z − lse and lr = z_r − lse_r (in place), Σ π log π, Σ term and Σ dterm (the divergence's formulas,
    :mod:`..divergences`); then log π(y) by a gather;
 3. gradient in the forward only: per tile, with T the temperature,
 
        dL/dz = a·dterm − π·(b·lp + c),   a = w_div/T,  b = w_ent/T,  c = (w_logp + w_ent·H + w_div·Σ dterm)/T,
 
-   (the chain rule of :mod:`.chunked` through log-softmax, summed over the three outputs), then
-   grad h += dz @ W_tile and grad W_tile += dzᵀ @ h; the target's +w_logp/T enters as rows of W and h.
+   (the chain rule of :mod:`.chunked` through log-softmax, summed over the three outputs), written over the block's
+   logits; then grad h = dz @ W and grad W += dzᵀ @ h (one GEMM each per block); the target's +w_logp/T enters as
+   rows of W and h.
 
-The recompute-in-backward driver keeps (lse, lse_r, H, Σ dterm) per row and its backward is step 3 per tile with
-the upstream gradients as weights (both projections recomputed; no [rows, V] block kept). GEMM count: 4 with the
-gradient in the forward (as many as autograd through full logits), 6 when recomputing.
+The recompute-in-backward driver keeps (lse, lse_r, H, Σ dterm) per row; its backward re-projects each block and
+runs step 3 with the upstream gradients as weights. GEMM count: 4 with the gradient in the forward (as many as
+autograd through full logits), 6 when recomputing.
 """
 
 from __future__ import annotations
