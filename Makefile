@@ -31,8 +31,9 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format trl_divergences tests benchmarks examples
 	$(BIN)/ruff check --fix trl_divergences tests benchmarks examples
 
-bench: $(VENV)/.installed-dev  ## kernel speed/memory benchmark (CPU here; --device cuda on a GPU)
+bench: $(VENV)/.installed-dev  ## op and GRPO-step speed/memory benchmarks, side-by-side tables (CPU; --device cuda on a GPU)
 	$(BIN)/python benchmarks/bench_ops.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_trainer.py $(BENCH_TRAINER_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo_outputs

@@ -10,20 +10,29 @@ once inputs exist. Gradients flow into the policy hidden states and the policy l
 
 Implementations (each computes the per-token loss Σ_t w_logp·logp + w_ent·H + w_div·D, or what it can of it):
 
-* ``naive``: full fp32 logits, autograd (the test oracle);
-* ``chunked``: ours, per-token outputs, recompute in backward (torch row engine);
+* ``textbook``: what a user writes — logits = h @ Wᵀ for both models, ``log_softmax``, logp by ``gather``, the
+  entropy and the divergence's formula written out (forward KL, reverse KL, JS), autograd;
+* ``naive``: the package's test oracle (:mod:`trl_divergences.ops.naive`: full fp32 logits, autograd);
+* ``floor``: only the matmuls the op cannot avoid — policy logits, reference logits, grad h, grad W — on the same
+  shapes into preallocated outputs (no softmax, no gradient math); every row is also read as a multiple of it;
+* ``chunked``: ours, per-token outputs, recompute in backward (vocabulary-tiled torch driver);
 * ``ingrad``: ours, :func:`trl_divergences.ops.fused_linear_divergence_loss` (gradient in the forward);
 * ``triton`` / ``triton_ingrad`` (CUDA only): the same two drivers with the Triton row kernels;
 * ``trl_default`` / ``trl_tuned``: TRL's ``ChunkedDivergenceFunction`` at its default tiles (4096 × 32768) and at
   512 × 8192 (module constants patched): divergence + (non-differentiable) entropy, no log-prob;
 * ``liger``: Liger's chunked-loss ``LigerFusedLinearJSDLoss`` (torch, not compiled): a scalar (CE + divergence),
-  no entropy. TRL and Liger apply to ``forward_kl`` / ``reverse_kl`` / ``js`` only.
+  no entropy. TRL and Liger apply to ``forward_kl`` / ``reverse_kl`` / ``js`` only;
+* ``cce``: Cut Cross-Entropy's ``linear_cross_entropy(impl="torch_compile")`` (the ``cut-cross-entropy`` package,
+  ``bench`` extra): log-prob only (its fast kernel is Triton/CUDA only).
+
+Gradients are reset (``grad = None``) before every step, as an optimizer's ``zero_grad`` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -34,8 +43,11 @@ import time
 
 import torch
 
-IMPLS_CPU = ("naive", "chunked", "ingrad", "trl_default", "trl_tuned", "liger")
-IMPLS_GPU = ("naive", "chunked", "ingrad", "triton", "triton_ingrad", "trl_default", "trl_tuned", "liger")
+IMPLS_CPU = ("textbook", "naive", "floor", "chunked", "ingrad", "trl_default", "trl_tuned", "liger", "cce")
+IMPLS_GPU = (
+    "textbook", "naive", "floor", "chunked", "ingrad", "triton", "triton_ingrad", "trl_default", "trl_tuned", "liger",
+    "cce",
+)  # fmt: skip
 #: β of TRL's / Liger's generalized JSD that gives our divergence (None: not supported there)
 FOREIGN_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0, "js": 0.5}
 H100_PEAK_BYTES_PER_S = 3.35e12
@@ -69,12 +81,71 @@ def _inputs(args, vocab: int) -> dict:
     )
 
 
+def _textbook_divergence(name: str, lp: torch.Tensor, lr: torch.Tensor) -> torch.Tensor | None:
+    """The divergence as a user writes it from two log-softmaxes (None: not written out for ``name``)."""
+    if name == "forward_kl":
+        return (lr.exp() * (lr - lp)).sum(-1)
+    if name == "reverse_kl":
+        return (lp.exp() * (lp - lr)).sum(-1)
+    if name == "js":
+        lm = torch.logaddexp(lp, lr) - math.log(2.0)
+        return 0.5 * (lr.exp() * (lr - lm)).sum(-1) + 0.5 * (lp.exp() * (lp - lm)).sum(-1)
+    return None
+
+
 def _step_fn(impl: str, x: dict, args):
     """A closure running one forward + backward of ``impl`` (gradients into hidden and weight)."""
+    step = _make_step(impl, x, args)
+    if step is None:
+        return None
+
+    def fresh_step():
+        x["hidden"].grad = x["weight"].grad = None
+        step()
+
+    return fresh_step
+
+
+def _make_step(impl: str, x: dict, args):
     import trl_divergences as td
 
     div = td.get_divergence(args.divergence)
     common = (x["hidden"], x["weight"], x["ref_hidden"], x["ref_weight"], x["targets"])
+    if impl == "textbook":
+        if _textbook_divergence(args.divergence, x["hidden"][:1, :1], x["hidden"][:1, :1]) is None:
+            return None
+
+        def step():
+            lp = torch.log_softmax((x["hidden"] @ x["weight"].T).float(), dim=-1)
+            lr = torch.log_softmax((x["ref_hidden"] @ x["ref_weight"].T).float(), dim=-1)
+            logp = lp.gather(-1, x["targets"].unsqueeze(-1)).squeeze(-1)
+            entropy = -(lp.exp() * lp).sum(-1)
+            dv = _textbook_divergence(args.divergence, lp, lr)
+            w_logp, w_ent, w_div = x["w"]
+            ((w_logp * logp).sum() + (w_ent * entropy).sum() + (w_div * dv).sum()).backward()
+
+        return step
+    if impl == "floor":
+        h, w, hr, wr = (x[k].detach() for k in ("hidden", "weight", "ref_hidden", "ref_weight"))
+        z = torch.empty(h.shape[0], w.shape[0], dtype=h.dtype, device=h.device)
+        zr, grad_h, grad_w = torch.empty_like(z), torch.empty_like(h), torch.empty_like(w)
+
+        def step():  # the four GEMMs: z = h Wᵀ, z_ref = h_ref W_refᵀ, grad h = dz W, grad W = dzᵀ h (dz := z)
+            torch.mm(h, w.T, out=z)
+            torch.mm(hr, wr.T, out=zr)
+            torch.mm(z, w, out=grad_h)
+            torch.mm(z.T, h, out=grad_w)
+            x["hidden"].grad, x["weight"].grad = grad_h, grad_w
+
+        return step
+    if impl == "cce":
+        from cut_cross_entropy import linear_cross_entropy
+
+        def step():
+            nll = linear_cross_entropy(x["hidden"], x["weight"], x["targets"], reduction="none", impl="torch_compile")
+            (-(x["w"][0] * nll)).sum().backward()
+
+        return step
     if impl in ("naive", "chunked", "triton"):
 
         def step():
@@ -195,22 +266,35 @@ def _run_one(args, impl: str, vocab: int) -> dict:
 
 
 def _table(results: dict, impls: tuple[str, ...], vocabs: list[int]) -> str:
-    head = "| implementation | " + " | ".join(f"V={v} time s / peak MB | vs naive time / mem" for v in vocabs) + " |"
-    lines = [head, "|---" * (1 + 2 * len(vocabs)) + "|"]
+    """Markdown: time / peak per V, and ratios to the textbook naive (time, memory) and to the GEMM floor (time)."""
+    cells_head = "time s / peak MB | vs textbook time / mem | time / floor"
+    head = "| implementation | " + " | ".join(f"V={v} {cells_head}" for v in vocabs) + " |"
+    lines = [head, "|---" * (1 + 3 * len(vocabs)) + "|"]
     for impl in impls:
         cells = []
         for v in vocabs:
-            r, base = results[str(v)].get(impl, {}), results[str(v)].get("naive", {})
+            rows = results[str(v)]
+            r, base, floor = rows.get(impl, {}), rows.get("textbook", {}), rows.get("floor", {})
             if "time_s" not in r:
-                cells += [r.get("skipped") or r.get("error", "n/a"), ""]
+                cells += [r.get("skipped") or r.get("error", "n/a"), "", ""]
                 continue
             cells.append(f"{r['time_s']:.2f} / {r['peak_mb']:.0f}")
-            if "time_s" in base:
-                cells.append(f"{r['time_s'] / base['time_s']:.2f} / {r['peak_mb'] / base['peak_mb']:.3f}")
-            else:
-                cells.append("")
+            ok = "time_s" in base
+            cells.append(f"{r['time_s'] / base['time_s']:.2f} / {r['peak_mb'] / base['peak_mb']:.3f}" if ok else "")
+            cells.append(f"{r['time_s'] / floor['time_s']:.2f}" if "time_s" in floor else "")
         lines.append(f"| {impl} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def main() -> None:
@@ -228,7 +312,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--impls", nargs="+", default=None, help="subset of implementations")
-    p.add_argument("--out", default="benchmarks/results_ops.json")
+    p.add_argument("--out", default="benchmarks/results/ops_cpu.json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -243,7 +327,7 @@ def main() -> None:
             print(f"V={vocab} {impl}: {r}", flush=True)
         if args.device == "cuda":
             results[str(vocab)]["logits_bandwidth"] = _run_one(args, "logits_bandwidth", vocab)
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'cpu'}"
+    device = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
     meta = {
         "device": device,
         "cpu_count": os.cpu_count(),
@@ -258,6 +342,7 @@ def main() -> None:
     if args.device == "cuda":
         for vocab in args.vocab:
             print(f"V={vocab} logits-level kernel: {results[str(vocab)]['logits_bandwidth']}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
 

@@ -136,7 +136,8 @@ def test_one_recipe_per_family():
 def test_recipe_parses_into_the_configs(name, tmp_path):
     recipe = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
     (tmp_path / "store").mkdir()
-    (tmp_path / "store" / "meta.json").write_text("{}")  # the marker the config checks; the store is built below
+    # the marker the config checks (the store itself is built in the training test)
+    (tmp_path / "store" / "meta.json").write_text('{"n_samples": 1}')
     script, args, model = cli.make_parser().parse_args_and_config(
         ["--config", str(RECIPES / f"{name}.yaml"), "--rehearsal_dataset", str(tmp_path / "store")]
     )

@@ -53,3 +53,15 @@ def logit_pairs(draw, max_rows: int = 3, max_vocab: int = 10, bound: float = 8.0
     """(policy logits, reference logits), the same random shape [rows, vocab]."""
     rows, vocab = draw(st.integers(1, max_rows)), draw(st.integers(2, max_vocab))
     return draw(logits(rows, vocab, bound, masked)), draw(logits(rows, vocab, bound, masked))
+
+
+def fp32_well_conditioned(spec: tuple[str, dict[str, Any]], dtype) -> bool:
+    """False for α within 1e-3 of 0 or 1 (outside the exact-limit window) in fp32 or lower: there the α term's
+    1/(α(1 − α)) amplifies the vocabulary sum's rounding (relative error up to ~1e-2 on both paths alike; a known
+    limitation, see the README's divergences section), so the paths are compared in float64 only."""
+    import torch
+
+    if spec[0] != "alpha" or dtype == torch.float64:
+        return True
+    a = spec[1]["alpha"]
+    return min(abs(a), abs(a - 1.0)) >= 1e-3 or min(abs(a), abs(a - 1.0)) < 1e-6

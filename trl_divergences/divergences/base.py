@@ -107,11 +107,15 @@ class Divergence:
 
     def rows_grad(self, lp: Tensor, lr: Tensor) -> Tensor:
         """∂D/∂z for normalized log-probs [..., V] of logits z: dterm − π Σ dterm (zero on masked entries)."""
-        lpf, lrf = self.floored(lp, lr)
-        d = self.dterm(lpf, lrf)
-        if lpf is not lp:
-            d = d.masked_fill(lp <= MASKED_LOG_PROB, 0.0)
+        d = self.dterm_masked(lp, lr)
         return d - lp.exp() * d.sum(-1, keepdim=True)
+
+    def dterm_masked(self, lp: Tensor, lr: Tensor, floored: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """dterm on the floored log-probs (``floored``: :meth:`floored`'s result if already computed), 0 on masked
+        policy entries: the per-entry part of :meth:`rows_grad`."""
+        lpf, lrf = self.floored(lp, lr) if floored is None else floored
+        d = self.dterm(lpf, lrf)
+        return d if lpf is lp else d.masked_fill(lp <= MASKED_LOG_PROB, 0.0)
 
     def full(self, policy_logits: Tensor, ref_logits: Tensor, temperature: float = 1.0) -> Tensor:
         """Exact divergence over the vocabulary at every position.

@@ -240,7 +240,7 @@ def fused_linear_divergence_loss(
     hr = None if ref_hidden is None else ref_hidden.reshape(-1, ref_hidden.shape[-1])
     tg = None if targets is None else targets.reshape(-1)
     flat = tuple(None if w is None else w.reshape(-1) for w in weights)
-    engine, rows = chunked.TORCH_ROWS, chunk_rows
+    engine, rows = None, chunk_rows
     if which == "triton":
         from . import triton as triton_ops
 

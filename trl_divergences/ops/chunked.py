@@ -1,7 +1,8 @@
 """Chunked torch path: log-prob of the target, entropy and any registered f-divergence, row chunk by row chunk.
 
-Peak memory is O(chunk_rows · V) instead of O(N · V). Two drivers share one row engine (:class:`TorchRows` here,
-the Triton kernels in :mod:`.triton`):
+Peak memory is O(chunk_rows · V) instead of O(N · V). The fused-linear ops on the torch path run on the
+block-and-tile drivers of :mod:`.tiled`; the drivers below share one row engine (:class:`TorchRows` here for the
+logits-level op, the Triton kernels in :mod:`.triton` for all three):
 
 * recompute-in-backward (:func:`logprob_entropy_divergence`, :func:`fused_linear_logprob_entropy_divergence`):
   the forward keeps only per-row outputs; the backward recomputes each chunk's logits (from the logits tensor, or
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..numerics import compute_dtype
+from . import tiled
 
 if TYPE_CHECKING:
     from ..divergences import Divergence
@@ -49,7 +51,8 @@ class RowEngine(Protocol):
 
     ``forward`` returns (logp | None, entropy, div | None, saved); ``saved`` is whatever ``backward`` needs besides
     the logits (None: recompute). ``backward`` returns dL/dz [n, V] in ``out_dtype`` for per-row upstream gradients
-    (None = no gradient from that output). ``forward_backward`` does both for known per-row loss weights.
+    (None = no gradient from that output). ``forward_backward`` does both for known per-row loss weights
+    (used by :class:`FusedLinearLossInForward`, the Triton path; :class:`TorchRows` leaves it out).
     """
 
     def forward(self, z: Tensor, zr: Tensor | None, tg: Tensor | None, div: Divergence, temperature: float): ...
@@ -122,13 +125,6 @@ class TorchRows:
         zr = None if zr is None else zr.to(dtype)
         stats = _stats(z.to(dtype), zr, None, div, temperature)
         return _dz_from_stats(stats, tg, div, temperature, grads).to(out_dtype)
-
-    def forward_backward(self, z, zr, tg, div, temperature, grads, out_dtype):
-        dtype = compute_dtype(z.dtype)
-        zr = None if zr is None else zr.to(dtype)
-        stats = _stats(z.to(dtype), zr, tg, div, temperature)
-        logp, ent, dv = stats[4:]
-        return logp, ent, dv, _dz_from_stats(stats, tg, div, temperature, grads).to(out_dtype)
 
 
 TORCH_ROWS = TorchRows()
@@ -340,10 +336,9 @@ def fused_linear_logprob_entropy_divergence(
     chunk_rows: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Chunked fused-linear (logp, entropy, divergence) over flattened rows: hidden [N, H], weight [V, H]."""
-    n = hidden.shape[0]
-    rows = chunk_rows or default_chunk_rows(n, weight.shape[0])
-    return ChunkedFusedLinear.apply(
-        hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, divergence, temperature, rows, TORCH_ROWS
+    rows = chunk_rows or tiled.block_rows(hidden.shape[0], weight.shape[0])
+    return tiled.TiledFusedLinear.apply(
+        hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, divergence, temperature, rows
     )
 
 
@@ -361,15 +356,21 @@ def fused_linear_divergence_loss(
     bias: Tensor | None = None,
     ref_bias: Tensor | None = None,
     chunk_rows: int | None = None,
-    engine: RowEngine = TORCH_ROWS,
+    engine: RowEngine | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradient-in-forward loss over flattened rows (hidden [N, H], weight [V, H], per-row weights [N] or None).
 
-    Returns (loss [], logp [N], entropy [N], div [N]); see :class:`FusedLinearLossInForward`.
+    Returns (loss [], logp [N], entropy [N], div [N]). ``engine`` None: the vocabulary-tiled torch driver
+    (:class:`.tiled.TiledLossInForward`, ``chunk_rows`` tokens per block); a row engine (Triton): whole-row chunks
+    (:class:`FusedLinearLossInForward`).
     """
-    n = hidden.shape[0]
-    rows = chunk_rows or default_chunk_rows(n, weight.shape[0])
     weights = tuple(None if w is None else w.detach() for w in (weights_logp, weights_entropy, weights_div))
+    if engine is None:
+        rows = chunk_rows or tiled.block_rows(hidden.shape[0], weight.shape[0])
+        return tiled.TiledLossInForward.apply(
+            hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, weights, divergence, temperature, rows
+        )
+    rows = chunk_rows or default_chunk_rows(hidden.shape[0], weight.shape[0])
     return FusedLinearLossInForward.apply(
         hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, weights, divergence, temperature, rows, engine
     )

@@ -11,12 +11,16 @@ precision, float64 kept); no gradient flows to the reference side.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from ..divergences import Divergence
 from ..numerics import compute_dtype
 from .chunked import TORCH_ROWS, default_chunk_rows
+
+if TYPE_CHECKING:
+    from ..divergences import Divergence
 
 
 class DivergenceFromRefHidden(torch.autograd.Function):
