@@ -501,9 +501,11 @@ class Objective:
                 gather=x.gather,
             )
             terms.pg_keep, terms.aux_loss, outputs = compose_token_masks(self.token_masks, batch)
+            local: dict[str, float] = {}
             for name, out in outputs.items():
                 terms.metrics[f"mask/{name}/kept_fraction"] = masked_mean(out.keep, x.mask, reduce_sum)
-                terms.metrics.update({f"mask/{name}/{key}": value for key, value in out.metrics.items()})
+                local.update({f"mask/{name}/{key}": value for key, value in out.metrics.items()})
+            terms.metrics.update(_mean_over_processes(local, reduce_sum, x.mask.device))
         div = self.divergence_now
         if div.replaces_policy_gradient:
             selected = div.select(x.logps, x.proxy_logps, x.advantages, x.mask, x.gather)
@@ -612,6 +614,16 @@ class Objective:
             self.teacher.load_state_dict(state["teacher"])
         self.coef_now = state["coef_now"]
         self.divergence_now = self._divergence(state["divergence_now"])
+
+
+def _mean_over_processes(metrics: dict[str, float], reduce_sum: ReduceSum | None, device) -> dict[str, float]:
+    """Each process's micro-batch statistic averaged over the processes (one reduction for all), so every rank
+    logs the same value; itself on one process."""
+    if not metrics or reduce_sum is None:
+        return metrics
+    values = torch.tensor([*metrics.values(), 1.0], dtype=torch.float64, device=device)
+    totals = reduce_sum(values)
+    return {key: (totals[i] / totals[-1]).item() for i, key in enumerate(metrics)}
 
 
 def _is_number(value: object) -> bool:
