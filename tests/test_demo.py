@@ -59,3 +59,24 @@ def test_format_table_orders_metrics():
     table = format_table({"base": {"train": row}}, k=4)
     assert table.splitlines()[0].startswith("| config | train pass@1 | train pass@4 | train distinct_correct")
     assert {r.label for r in DEFAULT_RUNS} >= {"reverse KL (k3)", "forward KL (full)", "JS (full)", "W-REINFORCE"}
+
+
+def test_demo_teacher_rows_distil_a_teacher_with_and_without_reward(tmp_path):
+    model_dir = build_random_model(tmp_path / "model", config=TINY)
+    teacher_dir = build_random_model(tmp_path / "teacher", seed=1, config=TINY)  # same toy tokenizer
+    out = tmp_path / "out"
+    payload = main(
+        ["--model", str(model_dir), "--teacher-model", str(teacher_dir), "--steps", "1", "--eval-samples", "4",
+         "--output-dir", str(out), "--runs", "KDRL from the teacher (reward),exact OPD from the teacher (no reward)",
+         "--no-progress"]
+    )  # fmt: skip
+    assert list(payload["results"]) == [
+        "base",
+        "teacher",
+        "KDRL from the teacher (reward)",
+        "exact OPD from the teacher (no reward)",
+    ]
+    logs = [
+        json.loads(line) for line in sorted((out / "runs").glob("exact_OPD*/log.jsonl"))[0].read_text().splitlines()
+    ]
+    assert any(key.startswith("teacher/exact_opd/") for key in logs[0])

@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .loading import load_callable, load_dataset, load_tokenizer
-from .toy import build_base_model, evaluate, split_prompts
+from .toy import build_base_model, build_teacher_model, evaluate, split_prompts
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class RunSpec:
     rehearsal_coef: float = 0.0
     #: method-catalog fields of DivergenceGRPOConfig (token_masks, advantage_reweighting, curriculum, ...)
     catalog: dict[str, Any] = field(default_factory=dict)
+    #: a teacher-guided method (``teacher_method``) and its kwargs; the teacher is ``--teacher-model``
+    teacher: str | None = None
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 #: the default rows (coefficients from research/toy-task-findings.md: JS is bounded, so it needs a larger one)
@@ -67,6 +70,14 @@ DEFAULT_RUNS: tuple[RunSpec, ...] = (
 TOY_DATASET = "trl_divergences.toy:make_dataset"
 TOY_REWARD = "trl_divergences.toy:sum_reward"
 
+#: the teacher rows (``--teacher``): the toy teacher (trained longer) distilled into the base, with the outcome
+#: reward (KDRL: GRPO + coef·k2 reverse KL to τ) and without it (exact on-policy distillation, KL(π‖τ) over the
+#: vocabulary, no reward); coefficients at the scale of the penalty rows, not the papers' (their lr is 1e-6)
+TEACHER_RUNS: tuple[RunSpec, ...] = (
+    RunSpec("KDRL from the teacher (reward)", beta=0.0, teacher="kdrl", teacher_kwargs={"coef": 0.2}),
+    RunSpec("exact OPD from the teacher (no reward)", beta=0.0, teacher="exact_opd"),
+)
+
 METRICS = ("pass@1", "pass@{k}", "distinct_correct", "entropy", "forward_kl", "reverse_kl")
 
 
@@ -75,6 +86,9 @@ def _trainer_args(spec: RunSpec, args: argparse.Namespace, output_dir: Path, see
 
     return DivergenceGRPOConfig(
         rehearsal_dataset=None if spec.rehearsal is None else str(store),
+        teacher_model=None if spec.teacher is None else args.teacher_model,
+        teacher_method=spec.teacher,
+        teacher_kwargs=dict(spec.teacher_kwargs),
         rehearsal_divergence=spec.rehearsal or "forward_kl",
         rehearsal_coef=spec.rehearsal_coef,
         output_dir=str(output_dir),
@@ -245,19 +259,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=1, help="seeds per configuration (the table reports the mean)")
     p.add_argument("--eval-samples", type=int, default=64, help="samples per prompt; pass@k is reported up to it")
     p.add_argument("--runs", help="comma-separated subset of run labels to train (default: all)")
+    p.add_argument("--teacher", action="store_true", help="add the teacher rows (KDRL, exact OPD from the toy teacher)")
+    p.add_argument("--teacher-model", help="teacher of the teacher rows (default: the toy teacher, built and cached)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    runs = DEFAULT_RUNS
+    runs = DEFAULT_RUNS + TEACHER_RUNS if args.teacher else DEFAULT_RUNS
     if args.runs:
         wanted = [r.strip() for r in args.runs.split(",")]
-        unknown = sorted(set(wanted) - {r.label for r in DEFAULT_RUNS})
+        known = DEFAULT_RUNS + TEACHER_RUNS
+        unknown = sorted(set(wanted) - {r.label for r in known})
         if unknown:
-            raise SystemExit(f"unknown --runs {unknown}; valid: {[r.label for r in DEFAULT_RUNS]}")
-        runs = tuple(r for r in DEFAULT_RUNS if r.label in wanted)
+            raise SystemExit(f"unknown --runs {unknown}; valid: {[r.label for r in known]}")
+        runs = tuple(r for r in known if r.label in wanted)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     start = time.perf_counter()
     out_dir = Path(args.output_dir)
@@ -284,6 +301,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             }
 
         results["base"] = score(base)
+    if any(r.teacher for r in runs):
+        if args.teacher_model is None:
+            args.teacher_model = str(build_teacher_model(progress=args.progress))
+        if toy_data:
+            from transformers import AutoModelForCausalLM
+
+            results["teacher"] = score(AutoModelForCausalLM.from_pretrained(args.teacher_model))
     store = build_rehearsal_store(args, model, tokenizer, dataset, reward) if any(r.rehearsal for r in runs) else None
     for spec in tqdm(runs, desc="configurations", disable=not args.progress):
         per_seed = []
