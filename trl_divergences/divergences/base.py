@@ -188,6 +188,19 @@ class Divergence:
 
 DIVERGENCES.base = Divergence
 
+#: the estimator name of the exact value over the vocabulary (:meth:`Divergence.full`)
+FULL = "full"
+
+
+def check_estimator(div: Divergence, estimator: str, field: str = "divergence_estimator") -> None:
+    """``estimator`` (the value of ``field``, for the message) must be one of ``div``'s sampled estimators, or
+    ``full`` where the divergence has an exact form."""
+    valid = (*div.estimators, FULL) if div.supports_full else div.estimators
+    if estimator not in valid:
+        raise ValueError(
+            f"{field} {estimator!r} is not supported by divergence {div.name!r}; valid: {', '.join(valid)}"
+        )
+
 
 def get_divergence(name: str | Divergence, **kwargs) -> Divergence:
     """Build a registered divergence by name; ``ValueError`` names the valid names / kwargs."""

@@ -3,9 +3,10 @@
 and the per-token terms (:meth:`Objective.token_terms`). Adapters translate their batches into :mod:`.batches` and
 aggregate the terms with their framework's normalisation."""
 
+from ..divergences import FULL, check_estimator
 from .batches import RolloutInputs, RolloutOutputs, TokenInputs, TokenTerms
-from .core import KWARGS_FIELDS, Objective, check_estimator, importance_weight, kwargs_dict, masked_mean
-from .requirements import FULL, Requirements, VocabularyRequest
+from .core import KWARGS_FIELDS, Objective, importance_weight, kwargs_dict, masked_mean
+from .requirements import Requirements, VocabularyRequest
 from .vocabulary import vocabulary_statistics
 
 __all__ = [

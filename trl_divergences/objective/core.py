@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..curricula import CURRICULA, SCHEDULES, Curriculum, Schedule
-from ..divergences import Divergence, get_divergence
+from ..divergences import FULL, Divergence, check_estimator, get_divergence
 from ..groups import ReduceSum, group_mean
 from ..masks import TOKEN_MASKS, TokenBatch, TokenMask, compose_token_masks
 from ..numerics import compute_dtype
@@ -39,7 +39,7 @@ from ..rehearsal.loss import RehearsalLoss, build_rehearsal_loss
 from ..reweighting import ADVANTAGE_REWEIGHTINGS, AdvantageReweighting, Rollouts
 from ..teacher import TEACHER_METHODS, TeacherMethod
 from .batches import RolloutInputs, RolloutOutputs, TokenInputs, TokenTerms
-from .requirements import FULL, Requirements, VocabularyRequest
+from .requirements import Requirements, VocabularyRequest
 
 #: the keyword-argument dicts of the method catalog, by the config field name both adapters use
 KWARGS_FIELDS = (
@@ -60,15 +60,6 @@ def kwargs_dict(field_name: str, value: Any) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{field_name} must be a dict, got {type(value).__name__}")
     return value
-
-
-def check_estimator(div: Divergence, estimator: str) -> None:
-    """``estimator`` must be one of ``div``'s sampled estimators, or ``full`` where the divergence has an exact form."""
-    valid = (*div.estimators, FULL) if div.supports_full else div.estimators
-    if estimator not in valid:
-        raise ValueError(
-            f"divergence_estimator {estimator!r} is not supported by divergence {div.name!r}; valid: {', '.join(valid)}"
-        )
 
 
 def importance_weight(logps: Tensor, old_logps: Tensor | None, mask: Tensor, level: str = "token") -> Tensor:

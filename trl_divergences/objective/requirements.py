@@ -10,9 +10,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..divergences import Divergence
 
-#: the estimator name of the exact value over the vocabulary
-FULL = "full"
-
 
 @dataclass(frozen=True)
 class VocabularyRequest:

@@ -19,11 +19,9 @@ from torch import Tensor
 
 from ..checks import check_nonnegative
 from ..curricula import SCHEDULES, Schedule
-from ..divergences import Divergence, get_divergence
+from ..divergences import FULL, Divergence, check_estimator, get_divergence
 from ..ops import fused_linear_logprob_entropy_divergence
 from .base import TeacherMethod, TeacherRequirements, register_teacher_method
-
-FULL = "full"
 
 
 class TeacherDivergence(TeacherMethod):
@@ -70,20 +68,12 @@ class TeacherDivergence(TeacherMethod):
             )
         self._divergences = {d: self.divergence if d == divergence else self._build(d) for d in (divergence, *names)}
         for div in self._divergences.values():
-            self._check_estimator(div)
+            check_estimator(div, self.estimator, field=f"{self.name}: estimator")
         self.coef_now, self.divergence_now = self.coef, self.divergence
         self.needs_accuracy = self.schedule is not None and self.schedule.needs_accuracy
 
     def _build(self, name: str) -> Divergence:
         return get_divergence(name, **self.divergence_kwargs)
-
-    def _check_estimator(self, div: Divergence) -> None:
-        valid = (*div.estimators, FULL) if div.supports_full else div.estimators
-        if self.estimator not in valid:
-            raise ValueError(
-                f"{self.name}: estimator {self.estimator!r} is not supported by divergence {div.name!r}; "
-                f"valid: {', '.join(valid)}"
-            )
 
     @property
     def requirements(self) -> TeacherRequirements:
