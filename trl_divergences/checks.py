@@ -8,27 +8,30 @@ import math
 
 def check_fraction(method: str, name: str, value: float, low_open: bool = True, high_open: bool = False) -> float:
     """Validate a fraction hyper-parameter in (0, 1] (or the interval the flags give)."""
-    ok = _is_number(value) and (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+    ok = (
+        is_finite_number(value) and (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+    )
     if not ok:
         lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
         raise ValueError(f"{method}: {name} must be in {lo}0, 1{hi}, got {value!r}")
     return float(value)
 
 
-def _is_number(value: object) -> bool:
+def is_finite_number(value: object) -> bool:
+    """A finite int or float (a bool is not a number here)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_nonnegative(method: str, name: str, value: float) -> float:
     """Validate a non-negative finite coefficient."""
-    if not (_is_number(value) and value >= 0):
+    if not (is_finite_number(value) and value >= 0):
         raise ValueError(f"{method}: {name} must be a non-negative finite number, got {value!r}")
     return float(value)
 
 
 def check_positive(method: str, name: str, value: float) -> float:
     """Validate a positive finite number."""
-    if not (_is_number(value) and value > 0):
+    if not (is_finite_number(value) and value > 0):
         raise ValueError(f"{method}: {name} must be a positive finite number, got {value!r}")
     return float(value)
 

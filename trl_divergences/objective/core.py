@@ -23,13 +23,13 @@ reweighting's ``requires`` / ``needs_reference`` / ``reweights_divergence`` / ``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..checks import is_finite_number
 from ..curricula import CURRICULA, SCHEDULES, Curriculum, Schedule
 from ..divergences import FULL, Divergence, check_estimator, get_divergence
 from ..groups import ReduceSum, group_mean
@@ -148,7 +148,7 @@ class Objective:
         self.divergence = get_divergence(divergence, **self.divergence_kwargs)
         self.estimator = divergence_estimator
         check_estimator(self.divergence, divergence_estimator)
-        if not (_is_number(coef) and math.isfinite(coef)):
+        if not (is_finite_number(coef)):
             raise ValueError(f"beta (the divergence coefficient) must be a finite number, got {coef!r}")
         self.coef = float(coef)
         self.token_masks = build_token_masks(token_masks, kwargs_dict("token_mask_kwargs", token_mask_kwargs))
@@ -164,13 +164,13 @@ class Objective:
         self.schedule: Schedule | None = _build_optional(
             SCHEDULES, coefficient_schedule, kwargs_dict("schedule_kwargs", schedule_kwargs), "schedule_kwargs"
         )
-        if not (_is_number(correct_reward_threshold) and math.isfinite(correct_reward_threshold)):
+        if not (is_finite_number(correct_reward_threshold)):
             raise ValueError(f"correct_reward_threshold must be a finite number, got {correct_reward_threshold!r}")
         self.correct_reward_threshold = float(correct_reward_threshold)
         self.rehearsal_loss: RehearsalLoss = build_rehearsal_loss(
             rehearsal_divergence, **kwargs_dict("rehearsal_kwargs", rehearsal_kwargs)
         )
-        if not (_is_number(rehearsal_coef) and math.isfinite(rehearsal_coef) and rehearsal_coef >= 0):
+        if not (is_finite_number(rehearsal_coef) and rehearsal_coef >= 0):
             raise ValueError(f"rehearsal_coef must be a non-negative number, got {rehearsal_coef!r}")
         self.rehearsal_coef = float(rehearsal_coef)
         self.teacher: TeacherMethod | None = _build_optional(
@@ -615,10 +615,6 @@ def _mean_over_processes(metrics: dict[str, float], reduce_sum: ReduceSum | None
     values = torch.tensor([*metrics.values(), 1.0], dtype=torch.float64, device=device)
     totals = reduce_sum(values)
     return {key: (totals[i] / totals[-1]).item() for i, key in enumerate(metrics)}
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _identity(x: Tensor) -> Tensor:
