@@ -43,6 +43,7 @@ CASES: dict[str, tuple[object, dict[str, object]]] = {
     "teacher_model_init_kwargs": ({"dtype": "float32"}, {}),
     "teacher_method": ("kdrl", {}),
     "teacher_kwargs": ({"coef": 0.01}, {"teacher_method": "kdrl"}),
+    "teacher_reference_model": ("some/base", {"teacher_method": "exopd", "teacher_model": "some/teacher"}),
 }
 
 

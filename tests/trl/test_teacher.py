@@ -200,3 +200,82 @@ def test_a_loaded_teacher_and_the_missing_cases(tiny_model_dir, tokenizer, tmp_p
         )
     with pytest.raises(ValueError, match="teacher_kwargs given without a method"):
         DivergenceGRPOConfig(output_dir=str(tmp_path / "x"), teacher_kwargs={"coef": 1.0}, **plain)
+
+
+def test_exopd_with_a_given_reference_loads_it_and_not_the_reference_model(
+    tiny_model_dir, tokenizer, tmp_path, teacher_dir
+):
+    """ρ given (G-OPD's reward correction: the teacher's pre-RL base; here another random model): one more frozen
+    model, no reference model; its log-probs are the ones the advantages read."""
+    base_dir = str(build_random_model(tmp_path / "base", seed=2, config=TEACHER))
+    trainer = make_trainer(
+        tiny_model_dir,
+        tokenizer,
+        tmp_path,
+        beta=0.0,
+        teacher_model=teacher_dir,
+        teacher_method="exopd",
+        teacher_reference_model=base_dir,
+        **SHORT,
+    )
+    assert trainer.ref_model is None and trainer.teacher_reference_model is not None
+    assert not any(p.requires_grad for p in trainer.teacher_reference_model.parameters())
+    trainer.train()
+    logs = _logs(trainer)
+    assert len(logs) == 2
+    for log in logs:
+        assert math.isfinite(log["loss"])
+        assert math.isfinite(log["teacher/exopd/teacher_reference_log_ratio"])
+
+
+def test_exopd_with_the_student_init_given_as_reference_is_the_default(
+    tiny_model_dir, tokenizer, tmp_path, teacher_dir
+):
+    """ρ given as the student's initial weights (a loaded model) trains exactly like the default ρ (TRL's reference
+    model): the separate ρ pass computes the same log-probs."""
+    common = dict(beta=0.0, teacher_model=teacher_dir, teacher_method="exopd", **SHORT)
+    default, default_logs = _train(tiny_model_dir, tokenizer, tmp_path / "default", **common)
+    args = DivergenceGRPOConfig(output_dir=str(tmp_path / "given"), **{**BASE_ARGS, **common})
+    trainer = DivergenceGRPOTrainer(
+        model=tiny_model_dir,
+        reward_funcs=varied_reward,
+        args=args,
+        train_dataset=prompts_dataset(),
+        processing_class=tokenizer,
+        teacher_reference_model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        teacher_reference_processing_class=tokenizer,
+    )
+    assert trainer.ref_model is None
+    trainer.train()
+    for name, value in trainer.model.named_parameters():
+        torch.testing.assert_close(value.detach(), default[name], atol=1e-6, rtol=0, msg=name)
+    advantages = [[log["teacher/exopd/advantage"] for log in logs] for logs in (default_logs, _logs(trainer))]
+    assert advantages[0] == pytest.approx(advantages[1], rel=1e-5, abs=1e-7)
+
+
+def test_a_given_reference_is_checked_at_construction(tiny_model_dir, tokenizer, tmp_path, teacher_dir):
+    other = tmp_path / "other-base"
+    AutoModelForCausalLM.from_pretrained(teacher_dir).save_pretrained(other)
+    changed = build_tokenizer()
+    changed.add_tokens(["<think>"])
+    changed.save_pretrained(other)
+    common = dict(teacher_model=teacher_dir, **SHORT)
+    with pytest.raises(ValueError) as info:
+        make_trainer(
+            tiny_model_dir, tokenizer, tmp_path, teacher_method="exopd", teacher_reference_model=str(other), **common
+        )
+    assert f"the teacher's reference ρ {str(other)!r} does not share the tokenizer" in str(info.value)
+    with pytest.raises(ValueError, match=r"teacher_method .*GOPD\(lam=1.0.* does not read a reference ρ"):
+        make_trainer(
+            tiny_model_dir, tokenizer, tmp_path, teacher_method="g_opd", teacher_reference_model=teacher_dir, **common
+        )
+    args = DivergenceGRPOConfig(output_dir=str(tmp_path / "x"), **{**BASE_ARGS, **common, "teacher_method": "kdrl"})
+    with pytest.raises(ValueError, match="does not read a reference ρ"):
+        DivergenceGRPOTrainer(
+            model=tiny_model_dir,
+            reward_funcs=varied_reward,
+            args=args,
+            train_dataset=prompts_dataset(),
+            processing_class=tokenizer,
+            teacher_reference_model=AutoModelForCausalLM.from_pretrained(teacher_dir),
+        )

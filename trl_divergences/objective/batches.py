@@ -28,6 +28,8 @@ class RolloutInputs:
         old_logps: [n, T] log π_old of the sampled tokens (the rollout policy), or None (on-policy and not computed).
         ref_logps: [n, T] log ρ of the sampled tokens, or None.
         teacher_logps: [n, T] log τ of the sampled tokens at the rollout temperature, or None.
+        teacher_reference_logps: [n, T] log ρ of the sampled tokens under a separately given reference for the
+            teacher method (``Requirements.teacher_reference_model``), at the rollout temperature, or None.
         statistics: results of the rollout-time policy pass (:meth:`Objective.rollout_request`), local rows.
         prompt_indices: [N] dataset row of each rollout's prompt (curriculum samplers), or None.
         gather: concatenates a 1-D local tensor over processes (None: one process).
@@ -42,6 +44,7 @@ class RolloutInputs:
     old_logps: Tensor | None = None
     ref_logps: Tensor | None = None
     teacher_logps: Tensor | None = None
+    teacher_reference_logps: Tensor | None = None
     statistics: Mapping[str, Tensor] = field(default_factory=dict)
     prompt_indices: Tensor | None = None
     gather: Gather | None = None

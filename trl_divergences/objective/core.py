@@ -118,6 +118,9 @@ class Objective:
         rehearsal_divergence, rehearsal_kwargs, rehearsal_coef: the rehearsal loss on stored reference samples
             (built always, so its kwargs are validated; used when the adapter has a store).
         teacher_method, teacher_kwargs: a teacher-guided method (``td.list_teacher_methods()``), or None.
+        given_teacher_reference: the adapter loads a separate ρ for the teacher method (its
+            ``teacher_reference_model``, e.g. the teacher's pre-RL base: G-OPD's "reward correction") instead of using
+            the reference model (the student's initial weights); only for a method that reads log ρ.
 
     Every name and kwarg is validated here, with the messages both adapters show.
     """
@@ -143,6 +146,7 @@ class Objective:
         rehearsal_coef: float = 0.01,
         teacher_method: str | None = None,
         teacher_kwargs: dict | None = None,
+        given_teacher_reference: bool = False,
     ) -> None:
         self.divergence_kwargs = kwargs_dict("divergence_kwargs", divergence_kwargs)
         self.divergence = get_divergence(divergence, **self.divergence_kwargs)
@@ -176,6 +180,9 @@ class Objective:
         self.teacher: TeacherMethod | None = _build_optional(
             TEACHER_METHODS, teacher_method, kwargs_dict("teacher_kwargs", teacher_kwargs), "teacher_kwargs"
         )
+        if not isinstance(given_teacher_reference, bool):
+            raise ValueError(f"given_teacher_reference must be True or False, got {given_teacher_reference!r}")
+        self.given_teacher_reference = given_teacher_reference
         self._validate()
         self._divergences = {self.divergence.name: self.divergence}
         #: the exact KL(π‖ρ) masks read (EKSFT), at its defaults
@@ -209,6 +216,14 @@ class Objective:
                 f"teacher_method {self.teacher.name!r} replaces the advantages; advantage_reweighting "
                 f"{self.reweighting.name!r} conflicts with it"
             )
+        if self.given_teacher_reference:
+            if self.teacher is None:
+                raise ValueError("teacher_reference_model given without a teacher_method to use it")
+            if not self.teacher.requirements.reference_logps:
+                raise ValueError(
+                    f"teacher_reference_model given, but teacher_method {self.teacher!r} does not read a reference ρ "
+                    "(g_opd / exopd with lam != 1 do; at lam = 1 ρ cancels): drop it, or set teacher_kwargs' lam"
+                )
 
     def _requirements(self) -> Requirements:
         div, masks, rw = self.divergence, self.token_masks, self.reweighting
@@ -230,7 +245,7 @@ class Objective:
             whole.append(curriculum.name)
         teacher = self.teacher
         needs = teacher.requirements if teacher is not None else None
-        teacher_reference = needs is not None and needs.reference_logps
+        teacher_reference = needs is not None and needs.reference_logps and not self.given_teacher_reference
         teacher_sampled = teacher is not None and teacher.adds_penalty and needs.teacher_logps
         return Requirements(
             reference_model=divergence_to_reference
@@ -263,6 +278,7 @@ class Objective:
             teacher_hidden=needs is not None and needs.teacher_hidden,
             teacher_sampled_penalty=teacher_sampled,
             ratio_anchor=teacher is not None and teacher.anchors_ratio,
+            teacher_reference_model=self.given_teacher_reference,
         )
 
     @property
@@ -393,11 +409,27 @@ class Objective:
         prefix = f"teacher/{teacher.name}"
         if self.requirements.teacher_logps and x.teacher_logps is None:
             raise ValueError(f"teacher_method {teacher.name!r} needs the teacher's log-probs of the sampled tokens")
+        reference_logps = x.ref_logps
+        if self.given_teacher_reference:
+            if x.teacher_reference_logps is None:
+                raise ValueError(
+                    f"teacher_method {teacher.name!r} was configured with a teacher_reference_model: it needs that "
+                    "model's log-probs of the sampled tokens (teacher_reference_logps)"
+                )
+            reference_logps = x.teacher_reference_logps
         out.advantages = teacher.advantages(
-            out.advantages, old_logps=x.old_logps, teacher_logps=x.teacher_logps, reference_logps=x.ref_logps, mask=mask
+            out.advantages,
+            old_logps=x.old_logps,
+            teacher_logps=x.teacher_logps,
+            reference_logps=reference_logps,
+            mask=mask,
         )
         if x.teacher_logps is not None and x.old_logps is not None:
             out.metrics[f"{prefix}/log_ratio"] = masked_mean(x.teacher_logps - x.old_logps, mask, x.reduce_sum)
+        if teacher.requirements.reference_logps and reference_logps is not None and x.teacher_logps is not None:
+            out.metrics[f"{prefix}/teacher_reference_log_ratio"] = masked_mean(
+                x.teacher_logps - reference_logps, mask, x.reduce_sum
+            )
         if teacher.replaces_advantages:
             out.metrics[f"{prefix}/advantage"] = masked_mean(out.advantages, mask, x.reduce_sum)
 

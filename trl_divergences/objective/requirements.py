@@ -74,6 +74,10 @@ class Requirements:
             π/π_old, like a sampled reference penalty).
         ratio_anchor: the policy-gradient ratio's log π_old is replaced at loss time by
             :meth:`Objective.pg_old_logps` (TRRD).
+        teacher_reference_model: a separate frozen ρ for the teacher method must be loaded (G-OPD's reward
+            correction: the teacher's pre-RL base), and its log-probs of the sampled tokens at the rollout
+            temperature computed at rollout time (``RolloutInputs.teacher_reference_logps``); the reference model
+            is then not needed for the teacher method.
     """
 
     reference_model: bool
@@ -92,3 +96,4 @@ class Requirements:
     teacher_hidden: bool = False
     teacher_sampled_penalty: bool = False
     ratio_anchor: bool = False
+    teacher_reference_model: bool = False

@@ -104,13 +104,15 @@ def check_shared_tokenizer(
     teacher_name: str = "teacher",
     student_vocab_size: int | None = None,
     teacher_vocab_size: int | None = None,
+    role: str = "teacher",
 ) -> None:
     """Refuse a teacher that does not share the student's tokenizer: the teacher scores the student's token ids, so
     both need the same token → id map (``get_vocab()``) and EOS id; with the models' vocabulary sizes (lm_head rows,
     for the exact path over the vocabulary) those must agree too. ``ValueError`` naming both and what differs.
-    Duck-typed: tokenizers with ``get_vocab()`` and ``eos_token_id`` (transformers')."""
+    ``role`` names the checked model in the message (the teacher, or the teacher's reference ρ). Duck-typed:
+    tokenizers with ``get_vocab()`` and ``eos_token_id`` (transformers')."""
     student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
-    who = f"the teacher {teacher_name!r} does not share the tokenizer of the student {student_name!r}"
+    who = f"the {role} {teacher_name!r} does not share the tokenizer of the student {student_name!r}"
     if student_vocab != teacher_vocab:
         only_student = sorted(set(student_vocab) - set(teacher_vocab))
         only_teacher = sorted(set(teacher_vocab) - set(student_vocab))
@@ -126,11 +128,11 @@ def check_shared_tokenizer(
         ]
         raise ValueError(
             f"{who}: {len(student_vocab)} vs {len(teacher_vocab)} tokens; {'; '.join(details)}. Teacher-guided "
-            "methods score the student's token ids with the teacher: use a teacher with the student's tokenizer"
+            f"methods score the student's token ids with the {role}: use one with the student's tokenizer"
         )
     if student_tokenizer.eos_token_id != teacher_tokenizer.eos_token_id:
         raise ValueError(
-            f"{who}: EOS ids differ (student {student_tokenizer.eos_token_id!r}, teacher "
+            f"{who}: EOS ids differ (student {student_tokenizer.eos_token_id!r}, {role} "
             f"{teacher_tokenizer.eos_token_id!r})"
         )
     if student_vocab_size is not None and teacher_vocab_size is not None and student_vocab_size != teacher_vocab_size:

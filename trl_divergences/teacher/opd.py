@@ -45,8 +45,9 @@ def g_opd_advantages(
 @register_teacher_method("g_opd")
 class GOPD(TeacherMethod):
     """G-OPD: the policy-gradient advantages become A_t = λ(log τ − log ρ) − (log π_old − log ρ) per token (see the
-    module docstring), ρ the adapter's reference model (the student's initial weights, the official default; the
-    official "reward correction" uses the teacher's pre-RL base instead).
+    module docstring). ρ is the adapter's reference model (the student's initial weights, the official default) or,
+    given as the adapter's ``teacher_reference_model``, a separate model: the official "reward correction" sets ρ to
+    the teacher's pre-RL base (``+actor_rollout_ref.model.base_model_path``).
 
     Args:
         lam: λ > 0, the reward-extrapolation factor: 1.0 (standard OPD, the official default; ρ not needed).

@@ -175,6 +175,15 @@ class DivergenceGRPOConfig(GRPOConfig):
             "help": "from_pretrained kwargs of the teacher (JSON on the command line; dtype defaults to the policy's)."
         },
     )
+    teacher_reference_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name or path of a separate reference ρ for g_opd / exopd with lam != 1 (or pass a loaded model as "
+            "the trainer's teacher_reference_model=), e.g. the teacher's pre-RL base: G-OPD's reward correction. "
+            "None: ρ is the reference model (the student's initial weights). Loaded like the teacher "
+            "(teacher_model_init_kwargs), sharing the student's tokenizer; one no-grad forward per generation batch."
+        },
+    )
     teacher_method: str | None = field(
         default=None,
         metadata={
@@ -255,8 +264,12 @@ class DivergenceGRPOConfig(GRPOConfig):
                     "there is nothing to rehearse; build it with more samples per prompt or drop rehearsal_dataset"
                 )
 
-    def build_objective(self) -> Objective:
-        """The configured :class:`~trl_divergences.objective.Objective` (fresh method state)."""
+    def build_objective(self, given_teacher_reference: bool | None = None) -> Objective:
+        """The configured :class:`~trl_divergences.objective.Objective` (fresh method state).
+        ``given_teacher_reference`` None: a separate ρ is given iff ``teacher_reference_model`` is set (the trainer
+        also counts a loaded one)."""
+        if given_teacher_reference is None:
+            given_teacher_reference = self.teacher_reference_model is not None
         return Objective(
             divergence=self.divergence,
             divergence_estimator=self.divergence_estimator,
@@ -276,6 +289,7 @@ class DivergenceGRPOConfig(GRPOConfig):
             rehearsal_coef=self.rehearsal_coef,
             teacher_method=self.teacher_method,
             teacher_kwargs=self.teacher_kwargs,
+            given_teacher_reference=given_teacher_reference,
         )
 
     @property

@@ -74,6 +74,7 @@ def rollout_inputs(
         old_logps=old_logps,
         ref_logps=output.get("ref_per_token_logps"),
         teacher_logps=output.get("teacher_per_token_logps"),
+        teacher_reference_logps=output.get("teacher_reference_per_token_logps"),
         statistics=statistics,
         prompt_indices=prompt_indices,
         gather=acc.gather,

@@ -137,8 +137,9 @@ class DivergenceGRPOTrainer(GRPOTrainer):
     TRL's behaviour); everything else is TRL's.
 
     Extra arguments: ``teacher_model`` — a loaded teacher (or a name / path; overrides the config's), and
-    ``teacher_processing_class`` — the teacher's tokenizer when it cannot be loaded from the teacher's name or path.
-    The teacher must share the student's tokenizer (checked here)."""
+    ``teacher_processing_class`` — the teacher's tokenizer when it cannot be loaded from the teacher's name or path;
+    ``teacher_reference_model`` / ``teacher_reference_processing_class`` the same for a separate reference ρ of
+    G-OPD / ExOPD (the teacher's pre-RL base). Both must share the student's tokenizer (checked here)."""
 
     _tag_names = [*GRPOTrainer._tag_names, "trl-divergences"]
 
@@ -146,7 +147,11 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         args = _as_divergence_config(args, model)
         teacher = kwargs.pop("teacher_model", None)
         teacher_tokenizer = kwargs.pop("teacher_processing_class", None)
-        self.objective = args.build_objective()
+        teacher_reference = kwargs.pop("teacher_reference_model", None)
+        teacher_reference_tokenizer = kwargs.pop("teacher_reference_processing_class", None)
+        self.objective = args.build_objective(
+            given_teacher_reference=teacher_reference is not None or args.teacher_reference_model is not None
+        )
         self._context: CallContext | None = None
         requirements = self.objective.requirements
         train_dataset = kwargs.pop("train_dataset", rest[0] if rest else None)
@@ -172,11 +177,17 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         install_forward_request_hook(hf_model(self.model), self._current_request)
         # from the config: under ZeRO-3 the local lm_head weight is a partition
         self._vocab_size = hf_model(self.model).config.get_text_config().vocab_size
-        self.teacher_model = None
+        self.teacher_model = self.teacher_reference_model = None
         if requirements.teacher_model:
             self.teacher_model = self._load_teacher(teacher or self.args.teacher_model, teacher_tokenizer)
         elif teacher is not None:
             raise ValueError("teacher_model given without a teacher_method (DivergenceGRPOConfig) to use it")
+        if requirements.teacher_reference_model:
+            self.teacher_reference_model = self._load_teacher(
+                teacher_reference or self.args.teacher_reference_model,
+                teacher_reference_tokenizer,
+                role="teacher_reference_model",
+            )
 
     # ---- the per-call context -------------------------------------------------------------------------------------
     def _current_request(self) -> ForwardRequest | None:
@@ -278,14 +289,17 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         return torch.cat(chunks)
 
     # ---- the teacher ------------------------------------------------------------------------------------------------
-    def _load_teacher(self, teacher: Any, teacher_tokenizer: Any) -> Any:
-        """The teacher model, loaded (from a name or path, with ``teacher_model_init_kwargs``), checked to share the
-        student's tokenizer, frozen and prepared for the distributed set-up like TRL's reference model."""
+    def _load_teacher(self, teacher: Any, teacher_tokenizer: Any, role: str = "teacher_model") -> Any:
+        """A frozen model of the teacher method — the teacher (``role="teacher_model"``) or the separate reference ρ
+        (``"teacher_reference_model"``) — loaded from a name or path (with ``teacher_model_init_kwargs``) or taken
+        loaded, checked to share the student's tokenizer, frozen and prepared for the distributed set-up like TRL's
+        reference model."""
         method = self.objective.teacher.name
+        who = "teacher" if role == "teacher_model" else "teacher's reference ρ"
         if teacher is None:
             raise ValueError(
-                f"teacher_method {method!r} needs a teacher: set teacher_model (a name or path) in the config or pass "
-                "teacher_model= to the trainer"
+                f"teacher_method {method!r} needs a {who}: set {role} (a name or path) in the config or pass "
+                f"{role}= to the trainer"
             )
         if isinstance(teacher, str):
             kwargs = dict(self.args.teacher_model_init_kwargs)
@@ -296,15 +310,16 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         teacher_name = get_config_model_id(model.config)
         student = self.processing_class
         student = getattr(student, "tokenizer", student)  # a processor's tokenizer
+        processing_kwarg = role.replace("_model", "_processing_class")
         if teacher_tokenizer is None:
             try:
                 teacher_tokenizer = type(student).from_pretrained(teacher if isinstance(teacher, str) else teacher_name)
             except (OSError, ValueError) as error:
                 raise ValueError(
-                    f"could not load the tokenizer of the teacher {teacher_name!r} ({error}); pass "
-                    "teacher_processing_class= to the trainer"
+                    f"could not load the tokenizer of the {who} {teacher_name!r} ({error}); pass "
+                    f"{processing_kwarg}= to the trainer"
                 ) from error
-        exact = self.objective.requirements.teacher_hidden
+        exact = role == "teacher_model" and self.objective.requirements.teacher_hidden
         check_shared_tokenizer(
             student,
             getattr(teacher_tokenizer, "tokenizer", teacher_tokenizer),
@@ -312,8 +327,9 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             teacher_name=teacher_name,
             student_vocab_size=self._vocab_size if exact else None,
             teacher_vocab_size=model.config.get_text_config().vocab_size if exact else None,
+            role=who,
         )
-        check_plain_lm_head(model, "a teacher-guided method (the teacher's log-probs come from its lm_head)")
+        check_plain_lm_head(model, f"a teacher-guided method (the {who}'s log-probs come from its lm_head)")
         model.requires_grad_(False)
         model.eval()
         if self.is_deepspeed_enabled:
@@ -326,32 +342,44 @@ class DivergenceGRPOTrainer(GRPOTrainer):
     def _teacher_pass(self, output: dict[str, Any]) -> None:
         """One no-grad teacher forward over the generation batch: its log-probs of the sampled tokens at the rollout
         temperature (``teacher_per_token_logps``, from its final hidden states and lm_head tile by tile) and, for an
-        exact divergence, the hidden states themselves (``teacher_hidden_states``, carried like the reference's)."""
+        exact divergence, the hidden states themselves (``teacher_hidden_states``, carried like the reference's);
+        with a separate reference ρ, one more no-grad forward for its log-probs
+        (``teacher_reference_per_token_logps``)."""
         requirements = self.objective.requirements
         teacher = self.accelerator.unwrap_model(self.teacher_model)
         hidden = self._completion_hidden_states(output, teacher.base_model, contextlib.nullcontext())
         if requirements.teacher_logps:
-            weight, bias = lm_head_weight(teacher)
-            rows = self.args.per_device_train_batch_size
-            completion_ids = output["completion_ids"]
-            output["teacher_per_token_logps"] = torch.cat(
-                [
-                    fused_linear_logprob_entropy_divergence(
-                        hidden[start : start + rows].float()
-                        if self.args.cast_lm_head_to_fp32
-                        else hidden[start : start + rows],
-                        weight,
-                        None,
-                        None,
-                        completion_ids[start : start + rows],
-                        temperature=self.temperature,
-                        bias=bias,
-                    )[0]
-                    for start in range(0, hidden.size(0), rows)
-                ]
-            )
+            output["teacher_per_token_logps"] = self._sampled_logps(teacher, hidden, output["completion_ids"])
         if requirements.teacher_hidden:
             output["teacher_hidden_states"] = hidden
+        if requirements.teacher_reference_model:
+            reference = self.accelerator.unwrap_model(self.teacher_reference_model)
+            hidden = self._completion_hidden_states(output, reference.base_model, contextlib.nullcontext())
+            output["teacher_reference_per_token_logps"] = self._sampled_logps(
+                reference, hidden, output["completion_ids"]
+            )
+
+    def _sampled_logps(self, model: Any, hidden: Tensor, completion_ids: Tensor) -> Tensor:
+        """[B, C] log-probs of the sampled tokens at the rollout temperature from ``model``'s final hidden states
+        [B, C, H] and lm_head, tile by tile (no [B, C, V] logits), per_device_train_batch_size rows at a time."""
+        weight, bias = lm_head_weight(model)
+        rows = self.args.per_device_train_batch_size
+        return torch.cat(
+            [
+                fused_linear_logprob_entropy_divergence(
+                    hidden[start : start + rows].float()
+                    if self.args.cast_lm_head_to_fp32
+                    else hidden[start : start + rows],
+                    weight,
+                    None,
+                    None,
+                    completion_ids[start : start + rows],
+                    temperature=self.temperature,
+                    bias=bias,
+                )[0]
+                for start in range(0, hidden.size(0), rows)
+            ]
+        )
 
     # ---- TRL overrides: rollouts ----------------------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
