@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trl_divergences.objective import Objective, RolloutInputs
+from trl_divergences.divergences import get_divergence
+from trl_divergences.objective import Objective, RolloutInputs, VocabularyRequest
+from trl_divergences.objective.vocabulary import vocabulary_statistics
 
 F64 = torch.float64
 
@@ -100,3 +102,58 @@ def test_given_reference_flag_must_be_a_bool_and_its_log_probs_present() -> None
     objective = Objective(teacher_method="exopd", given_teacher_reference=True)
     with pytest.raises(ValueError, match="teacher_reference_model: it needs that model's log-probs"):
         objective.rollout_step(_rollouts(ref_logps=STUDENT_INIT), step=0, max_steps=2, training=True)
+
+
+# ---- the exact teacher term: gradient in the forward vs per-token values ----
+def test_teacher_penalty_weights_by_hand() -> None:
+    objective = Objective(teacher_method="exact_opd", teacher_kwargs={"coef": 0.5, "only_incorrect": True})
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    # coef · m_i · mask, m_i = 1 − c_i: row 0 correct (0), row 1 incorrect (0.5)
+    got = objective.teacher_penalty_weights(mask, torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(got, torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]]), rtol=0, atol=0)
+    assert Objective(teacher_method="kdrl").teacher_penalty_weights(mask) is None  # k2: sampled, no exact term
+    assert Objective(teacher_method="g_opd").teacher_penalty_weights(mask) is None
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "js"])
+def test_exact_teacher_term_in_the_forward_matches_the_per_token_route(divergence: str) -> None:
+    """Σ w·D(π‖τ) with its gradient computed inside the forward equals the per-token values aggregated after it
+    (values and gradients w.r.t. the student's hidden states, lm_head and bias; fp32, H_τ ≠ H)."""
+    gen = torch.Generator().manual_seed(0)
+    b, n, h, h_teacher, vocab = 2, 3, 6, 8, 11
+    hidden = torch.randn(b, n, h, generator=gen)
+    weight = torch.randn(vocab, h, generator=gen)
+    bias = torch.randn(vocab, generator=gen)
+    teacher_hidden = torch.randn(b, n, h_teacher, generator=gen)
+    teacher_weight = torch.randn(vocab, h_teacher, generator=gen)
+    teacher_bias = torch.randn(vocab, generator=gen)
+    w = torch.rand(b, n, generator=gen)
+    request = VocabularyRequest(teacher_exact={"teacher_divergence": get_divergence(divergence)})
+    grads, values = [], []
+    for exact_weights in (None, {"teacher_divergence": w}):
+        leaves = [x.clone().requires_grad_(True) for x in (hidden, weight, bias)]
+        stats = vocabulary_statistics(
+            request,
+            leaves[0],
+            leaves[1],
+            None,
+            temperature=0.7,
+            bias=leaves[2],
+            teacher_hidden=teacher_hidden,
+            teacher_weight=teacher_weight,
+            teacher_bias=teacher_bias,
+            exact_weights=exact_weights,
+        )
+        if exact_weights is None:
+            loss = (w * stats["teacher_divergence"]).sum()
+        else:
+            loss = stats["teacher_divergence/weighted_sum"]
+            assert not stats["teacher_divergence"].requires_grad
+        loss.backward()
+        values.append((loss.detach(), stats["teacher_divergence"].detach()))
+        grads.append([x.grad for x in leaves])
+    torch.testing.assert_close(values[1][0], values[0][0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(values[1][1], values[0][1], atol=1e-6, rtol=1e-6)
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert values[0][0] > 0

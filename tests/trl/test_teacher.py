@@ -10,6 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import trl_divergences as td
+import trl_divergences.objective.vocabulary as vocabulary_module
 from trl_divergences import DivergenceGRPOConfig, DivergenceGRPOTrainer
 from trl_divergences.objective import Objective, RolloutInputs
 from trl_divergences.toy import BaseModelConfig, build_random_model, build_tokenizer
@@ -279,3 +281,51 @@ def test_a_given_reference_is_checked_at_construction(tiny_model_dir, tokenizer,
             processing_class=tokenizer,
             teacher_reference_model=AutoModelForCausalLM.from_pretrained(teacher_dir),
         )
+
+
+def _counting(calls: list):
+    def op(*args, **kwargs):
+        calls.append(1)
+        return td.ops.fused_linear_divergence_loss(*args, **kwargs)
+
+    return op
+
+
+@pytest.mark.parametrize(
+    "method, kwargs, overrides",
+    [
+        ("exact_opd", {"divergence": "js", "outcome_weight": 1.0}, {}),
+        ("kdrl", {"estimator": "full", "coef": 0.2, "only_incorrect": True}, {"loss_type": "dapo"}),
+    ],
+    ids=["exact_opd-js", "kdrl-full-only_incorrect-dapo"],
+)
+def test_exact_teacher_term_in_the_forward_trains_like_the_per_token_route(
+    tiny_model_dir, tokenizer, tmp_path, teacher_dir, monkeypatch, method, kwargs, overrides
+):
+    """The exact teacher term aggregated inside the forward (its weights coef·m_i known before it) moves the
+    parameters as the per-token values aggregated after the loss (the route taken without those weights)."""
+    runs = {}
+    for route in ("in_forward", "per_token"):
+        trainer = make_trainer(
+            tiny_model_dir,
+            tokenizer,
+            tmp_path / route,
+            beta=0.0,
+            teacher_model=teacher_dir,
+            teacher_method=method,
+            teacher_kwargs=kwargs,
+            **{**SHORT, **overrides},
+        )
+        calls = []
+        monkeypatch.setattr(vocabulary_module, "fused_linear_divergence_loss", _counting(calls))
+        if route == "per_token":
+            monkeypatch.setattr(trainer.objective, "teacher_penalty_weights", lambda *a, **k: None)
+        trainer.train()
+        assert bool(calls) == (route == "in_forward")
+        runs[route] = ({n: p.detach().clone() for n, p in trainer.model.named_parameters()}, _logs(trainer))
+        monkeypatch.undo()
+    for name, value in runs["in_forward"][0].items():
+        torch.testing.assert_close(value, runs["per_token"][0][name], atol=1e-6, rtol=1e-5, msg=name)
+    key = f"teacher/{method}/{kwargs['divergence'] if 'divergence' in kwargs else 'reverse_kl'}/full"
+    values = [[log[key] for log in run[1]] for run in runs.values()]
+    assert values[0] == pytest.approx(values[1], rel=1e-5) and len(values[0]) == 2 and values[0][0] > 0

@@ -91,7 +91,9 @@ class TokenInputs:
             (see :func:`importance_weight`).
         vocabulary: results of the loss forward's :meth:`Objective.loss_request` (``"divergence"``, ``"reverse_kl"``,
             ``"topp_entropy"``, ``"teacher_divergence"``), [B, T] each; ``"divergence/weighted_sum"`` (scalar) when
-            the forward aggregated the exact penalty with :meth:`Objective.penalty_weights`.
+            the forward aggregated the exact penalty with :meth:`Objective.penalty_weights`, and
+            ``"teacher_divergence/weighted_sum"`` the teacher's exact term with
+            :meth:`Objective.teacher_penalty_weights`.
         vocab_size: |V|.
         gather / reduce_sum: as in :class:`RolloutInputs`.
     """
@@ -124,7 +126,8 @@ class TokenTerms:
         replaced_pg: [B, T] the policy-gradient term of the tokens a divergence selects (removed from ``pg_keep``),
             or None.
         aggregated: the penalty already aggregated with the adapter's normaliser (scalar; computed with its gradient
-            inside the forward from :meth:`Objective.penalty_weights`), or None.
+            inside the forward from :meth:`Objective.penalty_weights` and :meth:`Objective.teacher_penalty_weights`;
+            the two summed), or None.
         aux_loss: scalar auxiliary loss of this micro-batch (masks' terms; not divided by gradient accumulation).
         divergence_value: the active divergence's mean per-token value over all processes (TRL's ``kl``), or None.
         metrics: scalars to log (already global where the statistic is).

@@ -503,6 +503,17 @@ class Objective:
             weights = weights * divergence_weight.to(weights.dtype).unsqueeze(-1)
         return weights
 
+    def teacher_penalty_weights(self, mask: Tensor, correct: Tensor | None = None) -> Tensor | None:
+        """[B, T] per-token weights coef_s · m_i · mask of the teacher's exact term (KDRL / exact OPD with ``full``),
+        known before the loss forward (None when the teacher adds no exact term): as :meth:`penalty_weights`, an
+        adapter multiplies them by its normaliser's weights and hands them to the forward as
+        ``exact_weights["teacher_divergence"]``, which then aggregates the term with its gradient in one pass."""
+        teacher = self.teacher
+        if not self.requirements.teacher_hidden:
+            return None
+        rows = teacher.response_weights(correct, mask.size(0)).to(mask.device)
+        return mask.to(compute_dtype(mask.dtype)) * rows.to(compute_dtype(mask.dtype)).unsqueeze(-1)
+
     def token_terms(self, x: TokenInputs, penalty: bool = True) -> TokenTerms:
         """The per-token terms of one micro-batch. ``penalty=False``: the framework computes the (plain reverse-KL
         k3) penalty itself, leave it out."""
@@ -571,13 +582,18 @@ class Objective:
             )
         if not teacher.adds_penalty:
             return
+        aggregated = None
         if teacher.estimator == FULL:
             per_token = x.vocabulary["teacher_divergence"]
+            aggregated = x.vocabulary.get("teacher_divergence/weighted_sum")
         else:
             per_token = teacher.sampled(x.logps, x.teacher_logps, importance_weight=x.importance_weight)
         per_token = per_token.to(x.logps.dtype)
-        penalty = teacher.penalty(per_token, x.correct)
-        terms.penalty = penalty if terms.penalty is None else terms.penalty + penalty
+        if aggregated is not None:  # aggregated with its gradient inside the forward (teacher_penalty_weights)
+            terms.aggregated = aggregated if terms.aggregated is None else terms.aggregated + aggregated
+        else:
+            penalty = teacher.penalty(per_token, x.correct)
+            terms.penalty = penalty if terms.penalty is None else terms.penalty + penalty
         value = masked_mean(per_token, x.mask, reduce_sum)
         name = teacher.divergence_now.name
         terms.metrics[f"{prefix}/{name}"] = value

@@ -39,7 +39,8 @@ def vocabulary_statistics(
       proxy (conventions in :func:`~trl_divergences.ops.nucleus_stats`);
     * ``"penultimate"``: ``penultimate`` detached, when asked for.
 
-    ``exact_weights`` {name: [b, T] per-token loss weights w (no gradient)}: for an exact divergence whose weights
+    ``exact_weights`` {name: [b, T] per-token loss weights w (no gradient)}: for an exact divergence (to the
+    reference or, for a ``teacher_exact`` name, to the teacher) whose weights
     are known before the forward (a penalty's coefficient × per-rollout weight × the framework's normaliser), the
     scalar Σ w·D is returned as ``"<name>/weighted_sum"`` with its gradient computed inside the forward (no
     recomputation of either projection in the backward: :func:`~trl_divergences.ops.fused_linear_divergence_loss`),
@@ -84,6 +85,21 @@ def vocabulary_statistics(
     for name, div in request.teacher_exact.items():
         if teacher_hidden is None or teacher_weight is None:
             raise ValueError(f"exact {name!r} needs the teacher's final hidden states and lm_head weight")
+        if exact_weights is not None and name in exact_weights:
+            loss, _, _, values = fused_linear_divergence_loss(
+                hidden,
+                weight,
+                teacher_hidden.to(hidden.dtype),
+                teacher_weight.to(weight.dtype),
+                None,
+                weights_div=exact_weights[name],
+                divergence=div,
+                temperature=temperature,
+                bias=bias,
+                ref_bias=teacher_bias,
+            )
+            results[name], results[f"{name}/weighted_sum"] = values, loss
+            continue
         results[name] = fused_linear_logprob_entropy_divergence(
             hidden,
             weight,

@@ -509,10 +509,18 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             inputs.get("teacher_hidden_states"),
         )
         mask = completion_tokens(inputs)
-        penalty_weights = objective.penalty_weights(mask, inputs.get("divergence_weight"))
-        if request is not None and penalty_weights is not None and torch.is_grad_enabled():
-            # the exact penalty's weights are known: aggregate it with its gradient inside the forward
-            request.exact_weights = {"divergence": penalty_weights * trl_loss_weights(self, mask, inputs)}
+        exact_weights = {
+            name: weights
+            for name, weights in (
+                ("divergence", objective.penalty_weights(mask, inputs.get("divergence_weight"))),
+                ("teacher_divergence", objective.teacher_penalty_weights(mask, inputs.get("correct"))),
+            )
+            if weights is not None
+        }
+        if request is not None and exact_weights and torch.is_grad_enabled():
+            # the exact terms' weights are known: aggregate them with their gradient inside the forward
+            normaliser = trl_loss_weights(self, mask, inputs)
+            request.exact_weights = {name: weights * normaliser for name, weights in exact_weights.items()}
         selection = requirements.token_selection
         pg_inputs = dict(inputs) if requirements.ratio_anchor else None
         with (
