@@ -329,3 +329,85 @@ def test_exact_teacher_term_in_the_forward_trains_like_the_per_token_route(
     key = f"teacher/{method}/{kwargs['divergence'] if 'divergence' in kwargs else 'reverse_kl'}/full"
     values = [[log[key] for log in run[1]] for run in runs.values()]
     assert values[0] == pytest.approx(values[1], rel=1e-5) and len(values[0]) == 2 and values[0][0] > 0
+
+
+def _sampled_logps(model, output, temperature: float) -> torch.Tensor:
+    """[B, C] float64 log-probs of the sampled completion tokens from ``model``'s full logits at ``temperature``."""
+    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
+    mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][:, -output["completion_ids"].size(1) :]
+    logps = torch.log_softmax(logits.double() / temperature, dim=-1)
+    return logps.gather(-1, output["completion_ids"].unsqueeze(-1)).squeeze(-1)
+
+
+def test_peft_student_reference_is_the_adapter_disabled_base_and_the_teacher_its_own_model(
+    tiny_model_dir, tokenizer, tmp_path, teacher_dir
+):
+    """A LoRA student: no reference model is loaded, ρ is the student with its adapter disabled (as for the reference
+    penalty), the teacher is its own frozen model; ExOPD's advantages from the three, against a float64 recomputation
+    from full logits at the rollout temperature."""
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM")
+    trainer = make_trainer(
+        tiny_model_dir,
+        tokenizer,
+        tmp_path,
+        beta=0.0,
+        teacher_model=teacher_dir,
+        teacher_method="exopd",
+        peft_config=lora,
+        learning_rate=0.0,
+        max_steps=1,
+        temperature=0.7,
+    )
+    assert trainer.ref_model is None and not hasattr(trainer.teacher_model, "peft_config")
+    with torch.no_grad():  # the adapter must change the policy for ρ = base to mean anything
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5 * torch.randn_like(p))
+    outputs = []
+    generate = trainer._generate_and_score_completions
+
+    def recording(inputs):
+        outputs.append(generate(inputs))
+        return outputs[-1]
+
+    trainer._generate_and_score_completions = recording
+    trainer.train()
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    assert outputs
+    with torch.no_grad():
+        for output in outputs:
+            mask = output["completion_mask"].bool()
+            with trainer.model.disable_adapter():
+                base = _sampled_logps(trainer.model, output, 0.7)
+            policy = _sampled_logps(trainer.model, output, 0.7)
+            tau = _sampled_logps(teacher, output, 0.7)
+            assert (policy - base)[mask].abs().max() > 1e-3
+            for got, want in ((output["ref_per_token_logps"], base), (output["teacher_per_token_logps"], tau)):
+                torch.testing.assert_close(got[mask].double(), want[mask], atol=2e-5, rtol=1e-5)
+            want = 1.25 * (tau - base) - (policy - base)
+            torch.testing.assert_close(output["advantages"][mask].double(), want[mask], atol=5e-5, rtol=1e-5)
+
+
+def test_peft_student_with_the_exact_teacher_term_trains_its_adapter(tiny_model_dir, tokenizer, tmp_path, teacher_dir):
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = make_trainer(
+        tiny_model_dir,
+        tokenizer,
+        tmp_path,
+        beta=0.0,
+        teacher_model=teacher_dir,
+        teacher_method="exact_opd",
+        peft_config=lora,
+        **SHORT,
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = _logs(trainer)
+    assert len(logs) == 2 and all(math.isfinite(log["teacher/exact_opd/reverse_kl/full"]) for log in logs)
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and all("lora_" in n for n in moved)
