@@ -411,3 +411,17 @@ def test_peft_student_with_the_exact_teacher_term_trains_its_adapter(tiny_model_
     assert len(logs) == 2 and all(math.isfinite(log["teacher/exact_opd/reverse_kl/full"]) for log in logs)
     moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert moved and all("lora_" in n for n in moved)
+
+
+def test_zero3_is_refused_for_the_teacher_and_other_stages_are_not():
+    from types import SimpleNamespace
+
+    from trl_divergences.trl.trainer import refuse_zero3_teacher
+
+    with pytest.raises(ValueError, match="teacher_reference_model under DeepSpeed ZeRO-3 is not supported yet"):
+        refuse_zero3_teacher(SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)), "teacher_reference_model")
+    for args in (
+        SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2)),
+        SimpleNamespace(deepspeed_plugin=None),
+    ):
+        refuse_zero3_teacher(args)

@@ -94,6 +94,19 @@ def trl_loss_weights(trainer: GRPOTrainer, mask: Tensor, inputs: dict[str, Any])
     raise ValueError(f"unsupported loss_type {loss_type!r} for the divergence penalty")
 
 
+def refuse_zero3_teacher(args: GRPOConfig, role: str = "teacher_model") -> None:
+    """Refuse a teacher-guided method under DeepSpeed ZeRO-3: the teacher's log-probs (and its exact term) read its
+    lm_head weight outside its forward, where ZeRO-3 holds only this rank's partition (gathering it is not
+    implemented, and ZeRO-3 is not tested here). ZeRO-1/2, FSDP2 (the weight is gathered as a full tensor) and DDP
+    are unaffected."""
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        raise ValueError(
+            f"{role} under DeepSpeed ZeRO-3 is not supported yet: the teacher-side lm_head is read outside its "
+            "forward, where ZeRO-3 keeps only a partition; use ZeRO stage 1 or 2, or FSDP2"
+        )
+
+
 @dataclass
 class CallContext:
     """What one TRL call (a loss micro-batch, or the rollout-time policy pass) hands between our overrides.
@@ -295,6 +308,7 @@ class DivergenceGRPOTrainer(GRPOTrainer):
         loaded, checked to share the student's tokenizer, frozen and prepared for the distributed set-up like TRL's
         reference model."""
         method = self.objective.teacher.name
+        refuse_zero3_teacher(self.args, role)
         who = "teacher" if role == "teacher_model" else "teacher's reference ρ"
         if teacher is None:
             raise ValueError(
