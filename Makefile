@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch first, pinned exactly: the CPU wheel (a looser range could pull a multi-GB CUDA build)
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-fast check format bench clean
+.PHONY: demo study test test-fast check format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed-demo  ## train GRPO on the embedded toy task with several divergences; prints a table
 	$(BIN)/python examples/demo.py $(DEMO_ARGS)
+
+study: $(VENV)/.installed-demo  ## the divergence study (pass@k at k up to 256, 3 seeds; resumable); STUDY_ARGS="--quick" for a smoke test
+	$(BIN)/python -m benchmarks.study $(STUDY_ARGS)
 
 test: $(VENV)/.installed-dev  ## lint + the whole test suite (what CI runs)
 	$(BIN)/ruff check trl_divergences tests benchmarks examples

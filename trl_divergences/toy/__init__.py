@@ -1,8 +1,21 @@
 """Embedded toy task for the demo and tests: ``S n =`` → ``a b`` with a + b = n, a local tokenizer, a tiny cached
 Qwen2 base policy whose pass@1 is well below its pass@k, a stronger cached teacher for the teacher-guided methods,
-and a sampling evaluation (pass@k, diversity, divergence)."""
+a sampling evaluation (pass@k, diversity, divergence), and the study's hinted variant ``S n m =`` (4,000 prompts)."""
 
 from .evaluate import evaluate, pass_at_k
+from .hinted import (
+    N_TRAIN_POOL,
+    HintedModelConfig,
+    build_hinted_model,
+    hinted_is_correct,
+    hinted_pairs,
+    hinted_prompt,
+    hinted_prompts,
+    hinted_reward,
+    make_hinted_dataset,
+    parse_hinted_prompt,
+    target_correct_share,
+)
 from .model import (
     TEACHER_CONFIG,
     BaseModelConfig,
@@ -27,6 +40,17 @@ from .tokenizer import VOCAB, build_tokenizer, load_tokenizer
 
 __all__ = [
     "N_TRAIN",
+    "N_TRAIN_POOL",
+    "HintedModelConfig",
+    "build_hinted_model",
+    "hinted_is_correct",
+    "hinted_pairs",
+    "hinted_prompt",
+    "hinted_prompts",
+    "hinted_reward",
+    "make_hinted_dataset",
+    "parse_hinted_prompt",
+    "target_correct_share",
     "TEACHER_CONFIG",
     "VOCAB",
     "BaseModelConfig",

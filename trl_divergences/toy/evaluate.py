@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -71,6 +71,8 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 4096,
     max_new_tokens: int = 4,
+    verifier: Callable[[str, str], bool] = is_correct,
+    per_prompt: dict[str, list[int]] | None = None,
 ) -> dict[str, float]:
     """Sample ``n_samples`` completions per prompt at ``temperature`` and score them.
 
@@ -78,7 +80,9 @@ def evaluate(
     number of distinct correct answers per prompt), ``entropy`` (mean exact per-token entropy H(π) of the untempered
     policy at the sampled completion tokens, up to and including ``<eos>``) and, when ``base_model`` is given, the
     mean exact per-token ``forward_kl`` = KL(π_base ‖ π) and ``reverse_kl`` = KL(π ‖ π_base) over the same tokens.
-    The global RNG state is left untouched; ``seed`` fixes the samples.
+    The global RNG state is left untouched; ``seed`` fixes the samples. ``verifier(prompt, completion)`` decides
+    correctness (default: the demo task's); a ``per_prompt`` dict, when given, receives the per-prompt ``correct``
+    counts and ``distinct`` correct answers (lists in prompt order).
     """
     if any(not 1 <= k <= n_samples for k in ks):
         raise ValueError(f"every k must be in 1..n_samples={n_samples}, got {tuple(ks)}")
@@ -109,12 +113,14 @@ def evaluate(
     result: dict[str, float] = {}
     counts, distinct = [], []
     for i, prompt in enumerate(prompts):
-        hits = [parse_answer(t) for t in texts[i * n_samples : (i + 1) * n_samples] if is_correct(prompt, t)]
+        hits = [parse_answer(t) for t in texts[i * n_samples : (i + 1) * n_samples] if verifier(prompt, t)]
         counts.append(len(hits))
         distinct.append(len(set(hits)))
     for k in ks:
         result[f"pass@{k}"] = sum(pass_at_k(n_samples, c, k) for c in counts) / len(prompts)
     result["distinct_correct"] = sum(distinct) / len(prompts)
+    if per_prompt is not None:
+        per_prompt.update(correct=counts, distinct=distinct)
     _, entropy, _ = logprob_entropy_divergence(logits, None, None)
     result["entropy"] = entropy[tokens].mean().item()
     if base_logits is not None:

@@ -169,21 +169,27 @@ def _batches(probs: np.ndarray, config: BaseModelConfig, seed: int):
 
 def _pretrain(config: BaseModelConfig, seed: int, progress: bool):
     """Plain SFT (AdamW, linear warm-up then cosine decay) with the loss on the answer tokens and ``<eos>`` only."""
+    probs, _ = answer_table(config, seed)
+    return sft(_new_model(config, seed), _batches(probs, config, seed), config, prompt_len=3, progress=progress)
+
+
+def sft(model, batches, config, *, prompt_len: int, progress: bool):
+    """Train ``model`` on token batches [batch, L] whose first ``prompt_len`` tokens are the prompt: cross-entropy on
+    the rest (answer and ``<eos>``), AdamW at ``config.lr`` with ``config.warmup_steps`` of linear warm-up, then
+    cosine decay over ``config.steps``. Returns (model in eval mode, EMA of the loss)."""
     from tqdm.auto import tqdm
 
-    probs, _ = answer_table(config, seed)
-    model = _new_model(config, seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda step: min(1.0, (step + 1) / config.warmup_steps) * 0.5 * (1.0 + math.cos(math.pi * step / config.steps)),
     )
-    bar = tqdm(_batches(probs, config, seed), total=config.steps, desc="toy SFT", disable=not progress)
+    bar = tqdm(batches, total=config.steps, desc="toy SFT", disable=not progress)
     loss_ema = float("nan")
     for step, ids in enumerate(bar):
-        logits = model(input_ids=ids[:, :-1]).logits[:, 2:]  # positions of "=", a, b predict a, b, <eos>
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 3:].reshape(-1))
+        logits = model(input_ids=ids[:, :-1]).logits[:, prompt_len - 1 :]  # positions that predict the answer
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, prompt_len:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -231,7 +237,9 @@ def build_teacher_model(
     return _build("toy-teacher", replace(config or TEACHER_CONFIG, **overrides), seed, cache_dir, progress)
 
 
-def _build(prefix: str, config: BaseModelConfig, seed: int, cache_dir: str | Path | None, progress: bool) -> Path:
+def _build(prefix: str, config, seed: int, cache_dir: str | Path | None, progress: bool, pretrain=None) -> Path:
+    """Cached build: ``<cache>/<prefix>-<cache_key(config, seed)>``, trained by ``pretrain(config, seed, progress)``
+    (default :func:`_pretrain`, the demo task's SFT) when the folder is missing."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / f"{prefix}-{cache_key(config, seed)}"
     if (final / BUILD_INFO).is_file():
@@ -244,7 +252,7 @@ def _build(prefix: str, config: BaseModelConfig, seed: int, cache_dir: str | Pat
     start = time.perf_counter()
     try:
         with torch.random.fork_rng(devices=[]):
-            model, loss = _pretrain(config, seed, progress)
+            model, loss = (pretrain or _pretrain)(config, seed, progress)
     finally:
         torch.set_num_threads(threads)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
