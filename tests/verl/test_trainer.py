@@ -97,6 +97,17 @@ def test_dads_weights_reach_the_batch():
     assert fields[DIVERGENCE_WEIGHT].tolist() == pytest.approx([1 - math.exp(-math.e / 2), 1.0, 1.0, 1.0])
 
 
+@pytest.mark.parametrize(("mode", "kept"), [("psr", [True, False, True, True]), ("nsr", [False, True, False, False])])
+def test_psr_nsr_drop_rollouts_from_the_masks_verl_counts(mode, kept):
+    """PSR keeps the correct rollouts, NSR the wrong ones: the others' response and loss masks are zeroed (verl's
+    engine normalises by the global count of loss_mask tokens, TRL's recount)."""
+    objective = Objective(advantage_reweighting="w_reinforce", reweighting_kwargs={"mode": mode})
+    data = padded_batch([1.0, 0.0, 1.0, 1.0], [3, 2, 4, 1], [0, 0, 1, 1])
+    fields, _ = fields_of(objective, data)
+    expected = data["response_mask"] * torch.tensor(kept, dtype=torch.float32).unsqueeze(-1)
+    assert torch.equal(fields["response_mask"], expected) and torch.equal(fields["loss_mask"], expected)
+
+
 def test_schedules_set_the_step_info():
     """accuracy_conditioned: β·(tanh(ā) + 1)/2; forward_then_reverse: the configured name, then reverse_kl with the
     configured estimator (a name our kl grammar parses)."""

@@ -17,6 +17,7 @@ from trl_divergences.verl.config import trainer_objective  # noqa: E402
 MODE = "trainer.v1.trainer_mode=trl_divergences"
 KL = ["actor_rollout_ref.actor.use_kl_loss=true"]
 ENTROPY = ["actor_rollout_ref.actor.calculate_entropy=true"]
+W_REINFORCE = "+trl_divergences.advantage_reweighting=w_reinforce"
 
 REACHABLE = {
     "curriculum gaussian": ["+trl_divergences.curriculum=gaussian", "+trl_divergences.curriculum_kwargs.std=0.3"],
@@ -40,6 +41,8 @@ REACHABLE = {
     "ace": [*KL, "+trl_divergences.advantage_reweighting=ace", "+trl_divergences.reweighting_kwargs.alpha=0.5"],
     "dads": [*KL, "+trl_divergences.advantage_reweighting=dads", "+trl_divergences.reweighting_kwargs.stcr=true"],
     "w_reinforce": ["+trl_divergences.advantage_reweighting=w_reinforce"],
+    "w_reinforce psr": [W_REINFORCE, "+trl_divergences.reweighting_kwargs.mode=psr"],
+    "w_reinforce nsr": [W_REINFORCE, "+trl_divergences.reweighting_kwargs.mode=nsr"],
     "success_adaptive": ["+trl_divergences.advantage_reweighting=success_adaptive"],
     "paced reweighting": ["+trl_divergences.advantage_reweighting=paced"],
     "threshold": ["+trl_divergences.curriculum=gaussian", "+trl_divergences.correct_reward_threshold=0.5"],
@@ -66,10 +69,23 @@ REFUSED = [
     (["+trl_divergences.advantage_reweighting=resrl"], "penultimate hidden states"),
     (["+trl_divergences.curriculum=self"], "greedy decode"),
     (
-        ["+trl_divergences.advantage_reweighting=w_reinforce", "+trl_divergences.reweighting_kwargs.mode=psr"],
-        "dropping rollouts",
+        [
+            "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
+            "+trl_divergences.advantage_reweighting=w_reinforce",
+            "+trl_divergences.reweighting_kwargs.mode=psr",
+        ],
+        "drops rollouts from the token mean",
     ),
     (["+trl_divergences.token_masks=[entropy_quantile]"], "calculate_entropy=true"),
+    (
+        [
+            *ENTROPY,
+            "actor_rollout_ref.actor.use_dynamic_bsz=true",
+            "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
+            "+trl_divergences.token_masks=[entropy_quantile]",
+        ],
+        "scope 'global'",
+    ),
     (["+trl_divergences.advantage_reweighting=ace", "+trl_divergences.reweighting_kwargs.alpha=1"], "use_kl_loss=true"),
     (
         [
@@ -127,3 +143,29 @@ def test_plain_configs_are_untouched():
     config = compose([])
     assert config.trainer.v1.trainer_mode == "sync" and "trl_divergences" not in config
     validate([])
+
+
+@pytest.mark.parametrize(
+    ("script", "env", "extra"),
+    [
+        ("grpo_masks.sh", {}, []),
+        ("grpo_masks.sh", {"MASKS": "entropy_quantile,correct_only"}, []),
+        ("grpo_curriculum.sh", {}, []),
+        ("grpo_curriculum.sh", {"CURRICULUM": "paced", "SCHEDULE": "warmup"}, []),
+        ("grpo_curriculum.sh", {"SCHEDULE": "forward_then_reverse", "KL": "forward_kl:k3+"}, []),
+        ("grpo_reweighting.sh", {"REWEIGHTING": "ace"}, ["+trl_divergences.reweighting_kwargs.alpha=0.5"]),
+        ("grpo_reweighting.sh", {"REWEIGHTING": "dads"}, []),
+        ("grpo_reweighting.sh", {"REWEIGHTING": "paced", "TRAINER": "1"}, []),
+    ],
+)
+def test_trainer_example_scripts_compose_and_validate(tmp_path, script, env, extra):
+    from tests.verl.test_hydra import example_overrides
+
+    overrides = example_overrides(tmp_path, script, GPUS="1", **env)
+    config = validate([*[o for o in overrides if not o.startswith("trainer.n_gpus_per_node")], *extra])
+    assert config.trainer.v1.trainer_mode == "trl_divergences"
+    objective = trainer_objective(config)
+    if "SCHEDULE" in env:
+        assert objective.schedule.name == env["SCHEDULE"]
+    if script == "grpo_masks.sh":
+        assert [m.name for m in objective.token_masks] == env.get("MASKS", "entropy_quantile").split(",")

@@ -39,6 +39,8 @@ TRL_ONLY_KEYS = {
     "rehearsal_dataset": "rehearsal needs a second forward on stored reference samples inside the actor update",
     "teacher_method": "the teacher wiring is the verl teacher path's (distillation.*)",
 }
+#: verl's loss_agg_modes whose normaliser is the global token count (rollouts dropped from the loss leave it)
+TOKEN_COUNT_AGG_MODES = ("token-mean",)
 #: verl's own kl_loss_type names as (divergence, estimator) of the objective (``abs`` has no twin: |log r|)
 VERL_KL_TWINS = {"kl": "k1", "k1": "k1", "mse": "k2", "k2": "k2", "low_var_kl": "k3", "k3": "k3"}
 
@@ -156,8 +158,9 @@ def trainer_objective(config: Any) -> Objective:
 def check_reachable(objective: Objective, actor: Any) -> None:
     """Refuse, with the reason, the methods whose inputs verl's actor loss and batch do not carry: statistics over
     the vocabulary (nucleus entropy, the min-p proxy, the exact KL to ρ), the policy's hidden states, a greedy
-    decode before the rollouts, dropping rollouts from the token mean; masks reading the policy's entropy need
-    ``calculate_entropy``."""
+    decode before the rollouts; masks reading the policy's entropy need ``calculate_entropy``; dropping rollouts
+    (their response and loss masks zeroed in the batch, so verl's global token count leaves them) needs
+    ``loss_agg_mode=token-mean``."""
     req = objective.requirements
     rw = objective.reweighting
     missing = [
@@ -166,7 +169,6 @@ def check_reachable(objective: Objective, actor: Any) -> None:
             ("statistics over the vocabulary (nucleus entropy, min-p proxy or exact KL)", req.vocabulary),
             ("the policy's penultimate hidden states", rw is not None and "hidden" in rw.requires),
             ("a greedy decode of every prompt before the rollouts", req.greedy_filter),
-            ("dropping rollouts from the loss's token mean", bool(req.drops_rollouts)),
         )
         if needed
     ]
@@ -175,6 +177,16 @@ def check_reachable(objective: Objective, actor: Any) -> None:
             f"trainer.v1.trainer_mode={TRAINER_MODE}: this configuration needs {' and '.join(missing)}, which verl "
             "0.9.1's actor loss does not see (log-probs and entropy only); it is TRL only for now"
         )
+    global_scope = [m.name for m in objective.token_masks if getattr(m, "scope", None) == "global"]
+    if global_scope and actor.get("use_dynamic_bsz", False):
+        raise ValueError(
+            f"token mask(s) {global_scope} with scope 'global' gather every data-parallel rank's micro-batch, which "
+            "needs the same number of micro-batches on every rank; with actor_rollout_ref.actor.use_dynamic_bsz=true "
+            "set their token_mask_kwargs scope to 'micro_batch'"
+        )
+    objective.check_token_count_normaliser(
+        "actor_rollout_ref.actor.loss_agg_mode", actor.get("loss_agg_mode", "token-mean"), TOKEN_COUNT_AGG_MODES
+    )
     if any("entropies" in m.requires for m in objective.token_masks) and not actor.get("calculate_entropy", False):
         names = [m.name for m in objective.token_masks if "entropies" in m.requires]
         raise ValueError(

@@ -79,7 +79,9 @@ def rollout_fields(
     ``old_log_probs``, ``ref_log_prob`` [bs, T], :data:`~.sampler.INDEX` [bs]; ``uids`` [bs] the prompt uids;
     ``real`` [bs] bool the rows that are not verl's padding (only those enter the statistics; padding rows keep
     verl's advantages, weight 1, not correct). Fields: ``advantages`` (when a reweighting rewrites them),
-    :data:`~.loss.CORRECT`, :data:`~.loss.DIVERGENCE_WEIGHT` (when the reweighting weights the penalty).
+    :data:`~.loss.CORRECT`, :data:`~.loss.DIVERGENCE_WEIGHT` (when the reweighting weights the penalty),
+    ``response_mask`` and ``loss_mask`` zero on the rollouts a reweighting drops (PSR/NSR; verl's engine counts the
+    global tokens of ``loss_mask``, so they leave the token mean as TRL's recount does).
     """
     advantages = data["advantages"]
     bs = advantages.shape[0]
@@ -99,6 +101,10 @@ def rollout_fields(
         rewritten = advantages.clone()
         rewritten[rows] = advantage.token_advantages(out.advantages, mask, advantages.dtype)
         fields["advantages"] = rewritten
+    if out.keep is not None:  # dropped rollouts leave the loss and verl's token count (loss_mask)
+        kept = data["response_mask"].clone()
+        kept[rows] = mask * out.keep.to(mask.dtype).unsqueeze(-1)
+        fields["response_mask"] = fields["loss_mask"] = kept
     if out.divergence_weight is not None:
         weight = torch.ones(bs, dtype=torch.float32)
         fields[DIVERGENCE_WEIGHT] = weight.index_put((rows,), out.divergence_weight.float().cpu())
