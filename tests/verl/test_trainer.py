@@ -347,3 +347,19 @@ def test_the_verl_methods_we_override_keep_their_signatures():
     for name in ("train_dataloader", "train_dataloader_it", "train_dataset"):
         assert f"self.{name} =" in inspect.getsource(base._init_dataloader)
     assert "batch.extra_info.update(extra_info)" in inspect.getsource(base._update_actor)
+
+
+def test_the_entry_point_registers_the_trainer_and_the_loss_in_a_fresh_process():
+    import subprocess
+    import sys
+
+    code = (
+        "import verl\n"
+        "from verl.trainer.ppo.v1.trainer_base import get_trainer_cls\n"
+        "from verl.workers import engine_workers\n"
+        "from trl_divergences.verl import loss, trainer\n"
+        "assert get_trainer_cls('trl_divergences') is trainer.DivergencePPOTrainer\n"
+        "assert engine_workers.ppo_loss is loss.ppo_loss\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]

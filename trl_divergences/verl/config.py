@@ -134,13 +134,18 @@ def scheduled_kl_type(configured: str, objective: Objective) -> str:
     return f"{div.name}({args}):{objective.estimator}"
 
 
+def objective_kwargs(config: Any) -> dict:
+    """The :class:`~trl_divergences.objective.Objective` kwargs of a verl config: the actor's KL loss and the
+    ``trl_divergences`` section (JSON-serialisable: they travel to the actor workers in the step info)."""
+    return {**actor_divergence(config.actor_rollout_ref.actor), **trainer_section(config)}
+
+
 def trainer_objective(config: Any) -> Objective:
     """The :class:`~trl_divergences.objective.Objective` of the registered trainer: the actor's KL loss as the
     divergence and the ``trl_divergences`` section's methods, validated by the objective (the TRL adapter's
     messages), then refused where verl gives the method no input (see :func:`check_reachable`)."""
-    section = trainer_section(config)
     actor = config.actor_rollout_ref.actor
-    objective = Objective(**actor_divergence(actor), **section)
+    objective = Objective(**objective_kwargs(config))
     check_reachable(objective, actor)
     if objective.requirements.ref_logps and not (actor.get("use_kl_loss") or config.algorithm.get("use_kl_in_reward")):
         raise ValueError(

@@ -28,8 +28,6 @@ config before verl's constructor runs.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from omegaconf import open_dict
@@ -46,12 +44,6 @@ from .sampler import INDEX, CurriculumPromptSampler, PromptIndexed
 
 #: metric prefixes the actor loss emits that are logged without verl's ``actor/`` prefix
 LOSS_METRIC_PREFIXES = ("mask/", "divergence/")
-
-
-def objective_kwargs(config: Any) -> dict:
-    """The :class:`~trl_divergences.objective.Objective` kwargs of a verl config (JSON-serialisable: they travel
-    to the actor workers in the step info)."""
-    return {**plugin_config.actor_divergence(config.actor_rollout_ref.actor), **plugin_config.trainer_section(config)}
 
 
 def needs_actor_loss(objective: Objective) -> bool:
@@ -97,7 +89,7 @@ def rollout_fields(
     )
     out = objective.rollout_step(x, step=step, max_steps=max_steps, training=True)
     fields = {CORRECT: torch.zeros(bs, dtype=torch.float32).index_put((rows,), out.correct.float())}
-    if objective.reweighting is not None or objective.teacher is not None:
+    if objective.reweighting is not None:
         rewritten = advantages.clone()
         rewritten[rows] = advantage.token_advantages(out.advantages, mask, advantages.dtype)
         fields["advantages"] = rewritten
@@ -133,7 +125,7 @@ class DivergencePPOTrainer(PPOTrainerSync):
 
     def __init__(self, config) -> None:
         plugin_config.validate_config(config)
-        self.objective_kwargs = objective_kwargs(config)
+        self.objective_kwargs = plugin_config.objective_kwargs(config)
         self.objective = plugin_config.trainer_objective(config)
         with open_dict(config):
             config.trainer.v1.trainer_mode = "sync"
