@@ -165,3 +165,20 @@ def test_divergence_weight_scales_each_rollouts_penalty():
     expected = pg + 0.5 * (w.unsqueeze(-1) * k3).sum() / r.mask.sum()
     torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-14)
     assert metrics["kl_loss"].aggregate() == pytest.approx(((w.unsqueeze(-1) * k3).sum() / r.mask.sum()).item())
+
+
+def test_gather_and_reduce_sum_over_a_data_parallel_group():
+    """2 gloo processes, uneven lengths: what entropy_quantile's global scope and the masks' metrics rely on."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(Path(__file__).with_name("_dist_gather.py"))],
+        capture_output=True, text=True, timeout=300, cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
