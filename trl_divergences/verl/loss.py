@@ -107,8 +107,9 @@ def objective_ppo_loss(config, model_output: dict, data, dp_group=None, *, step:
     fields = ["response_mask", "old_log_probs", "advantages", *(["ref_log_prob"] if "ref_log_prob" in data else [])]
     padded = data.select(*fields).to_padded_tensor()
     mask = padded["response_mask"].to(torch.bool)
-    correct = data[CORRECT] if CORRECT in data.keys() else None
-    weight = data[DIVERGENCE_WEIGHT] if DIVERGENCE_WEIGHT in data.keys() else None
+    ref_log_prob = padded["ref_log_prob"] if "ref_log_prob" in padded.keys() else None
+    correct = data[CORRECT].to(mask.device) if CORRECT in data.keys() else None
+    weight = data[DIVERGENCE_WEIGHT].to(mask.device) if DIVERGENCE_WEIGHT in data.keys() else None
 
     inner_output, inner_data, extra = {"log_probs": model_output["log_probs"]}, data, {}
     if objective.requirements.token_selection:
@@ -119,7 +120,7 @@ def objective_ppo_loss(config, model_output: dict, data, dp_group=None, *, step:
                 entropies=entropy,
                 advantages=padded["advantages"],
                 old_logps=padded["old_log_probs"],
-                ref_logps=padded.get("ref_log_prob"),
+                ref_logps=ref_log_prob,
                 correct=None if correct is None else correct.bool(),
                 gather=_gather(dp_group),
                 reduce_sum=_reduce_sum(dp_group),
@@ -141,9 +142,7 @@ def objective_ppo_loss(config, model_output: dict, data, dp_group=None, *, step:
         metrics["actor/entropy_loss"] = Metric(value=entropy_loss, aggregation=aggregation)
     if config.use_kl_loss:
         coef = float(step["coef"])
-        kld = verl_losses.kl_penalty(
-            logprob=log_prob, ref_logprob=padded["ref_log_prob"], kl_penalty=step["kl_loss_type"]
-        )
+        kld = verl_losses.kl_penalty(logprob=log_prob, ref_logprob=ref_log_prob, kl_penalty=step["kl_loss_type"])
         value = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=config.loss_agg_mode, **info)
         if weight is not None:
             kld = kld * weight.to(kld.dtype).unsqueeze(-1)
