@@ -363,3 +363,19 @@ def test_the_entry_point_registers_the_trainer_and_the_loss_in_a_fresh_process()
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_compute_advantage_against_a_real_transfer_queue():
+    """``_tq_round_trip.py`` in its own process (it starts Ray; ~35 s on 2 busy cores)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("_tq_round_trip.py"))],
+        capture_output=True, text=True, timeout=600, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.stdout + out.stderr)[-4000:]
