@@ -1,6 +1,8 @@
 """verl 0.9.1 plugin: our divergences as ``kl_loss_type`` / ``algorithm.kl_penalty`` names (:mod:`.kl`), validated
 early (:mod:`.config`); advantage reweightings as ``algorithm.adv_estimator=trl_divergences`` (:mod:`.advantage`);
-the exact divergence's engine-level loss functions (:mod:`.full`).
+the exact divergence's engine-level loss functions (:mod:`.full`); the registered trainer
+``trainer.v1.trainer_mode=trl_divergences`` (:mod:`.trainer`: token masks, curricula, schedules and the
+reweightings that need the batch's log-probs, configured by ``+trl_divergences.*``) and its actor loss (:mod:`.loss`).
 
 Loaded by the ``verl.plugins`` entry point, which verl imports on ``import verl`` in every process (driver,
 TaskRunner, every Ray worker); where the package cannot be pip-installed on the workers, set
@@ -22,11 +24,12 @@ REGISTERED = False
 
 def _register() -> None:
     global REGISTERED
-    from . import advantage, config, kl
+    from . import advantage, config, kl, loss, trainer  # noqa: F401  (trainer registers itself)
 
     kl.install()
     config.install()
     advantage.install()
+    loss.install()
     REGISTERED = True
 
 

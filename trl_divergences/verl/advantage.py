@@ -124,24 +124,34 @@ def compute_reweighted_advantage(
         advantages, _ = get_adv_estimator_fn(base)(
             token_level_rewards=token_level_rewards, response_mask=response_mask, config=config, index=index, **kwargs
         )
-    mask = response_mask.to(advantages.dtype)
-    per_rollout = (advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-    n = token_level_rewards.shape[0]
     out = objective.rollout_step(
-        RolloutInputs(
-            rewards=token_level_rewards.sum(-1),
-            advantages=per_rollout,
-            group_ids=group_ids(index),
-            local=slice(0, n),
-            completion_mask=response_mask,
-        ),
-        step=0,
-        max_steps=0,
-        training=True,
+        rollout_inputs(token_level_rewards, advantages, response_mask, index), step=0, max_steps=0, training=True
     )
-    rewritten = out.advantages.to(advantages.dtype)
-    rewritten = (rewritten.unsqueeze(-1) if rewritten.dim() == 1 else rewritten) * mask
+    rewritten = token_advantages(out.advantages, response_mask, advantages.dtype)
     return rewritten, rewritten
+
+
+def rollout_inputs(
+    token_level_rewards: Tensor, advantages: Tensor, response_mask: Tensor, index: np.ndarray, **optional: Any
+) -> RolloutInputs:
+    """verl's padded per-token rewards and advantages [bs, T] of one (single-process) batch as the objective's
+    rollout inputs: total reward and mean advantage per rollout, groups from the uids; ``optional``: the other
+    :class:`~trl_divergences.objective.RolloutInputs` fields."""
+    mask = response_mask.to(advantages.dtype)
+    return RolloutInputs(
+        rewards=token_level_rewards.sum(-1),
+        advantages=(advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1.0),
+        group_ids=group_ids(index),
+        local=slice(0, token_level_rewards.shape[0]),
+        completion_mask=response_mask,
+        **optional,
+    )
+
+
+def token_advantages(advantages: Tensor, response_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """The objective's advantages ([bs] or [bs, T]) as verl's per-token ones, zero off the response."""
+    advantages = advantages.to(dtype)
+    return (advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages) * response_mask.to(dtype)
 
 
 def install() -> None:
