@@ -1,6 +1,8 @@
 """verl 0.9.1 plugin: our divergences as ``kl_loss_type`` / ``algorithm.kl_penalty`` names (:mod:`.kl`), validated
 early (:mod:`.config`); advantage reweightings as ``algorithm.adv_estimator=trl_divergences`` (:mod:`.advantage`);
-the exact divergence's engine-level loss functions (:mod:`.full`).
+the exact divergence ``kl_loss_type=<name>:full``: its engine-level loss functions (:mod:`.full`), the workers that
+install them (:mod:`.workers`) and the registered trainer ``trainer.v1.trainer_mode=trl_divergences_full`` that maps
+verl's roles to those workers (:mod:`.full_trainer`).
 
 Loaded by the ``verl.plugins`` entry point, which verl imports on ``import verl`` in every process (driver,
 TaskRunner, every Ray worker); where the package cannot be pip-installed on the workers, set
@@ -22,7 +24,7 @@ REGISTERED = False
 
 def _register() -> None:
     global REGISTERED
-    from . import advantage, config, kl
+    from . import advantage, config, full_trainer, kl  # noqa: F401  (full_trainer registers at import)
 
     kl.install()
     config.install()
