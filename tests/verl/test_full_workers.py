@@ -150,6 +150,27 @@ def test_inner_workers_set_the_engine_flags(monkeypatch):
     assert tu.get(seen["train"], "distillation_only") is False
 
 
+def test_verl_batch_utilities_keep_each_samples_hidden_states():
+    """The actor side's split of the fetched batch (mini-batches, fixed and dynamic micro-batches) and the ref
+    side's output TensorDict keep each sample's [response_len, H] block."""
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine.utils import prepare_micro_batches
+
+    g = torch.Generator().manual_seed(0)
+    blocks = [torch.randn(len(r), 4, generator=g) for r in RESPONSES]
+    data = micro_batch(ref_hidden=blocks)
+    out = tu.get_tensordict(tensor_dict={REF_HIDDEN: data[REF_HIDDEN]}, non_tensor_dict={"metrics": {}})
+    assert all(torch.equal(a, b) for a, b in zip(out[REF_HIDDEN].unbind(), blocks, strict=True))
+    for mini in tu.make_iterator(data, mini_batch_size=3, epochs=1, seed=0, dataloader_kwargs={"shuffle": True}):
+        index = [RESPONSES.index(r.tolist()) for r in mini["responses"].unbind()]
+        assert all(torch.equal(a, blocks[i]) for a, i in zip(mini[REF_HIDDEN].unbind(), index, strict=True))
+    tu.assign_non_tensor(data, use_dynamic_bsz=True, max_token_len_per_gpu=8)
+    micro, indices = prepare_micro_batches(data, dp_group=None)
+    assert len(micro) > 1
+    for m, index in zip(micro, indices, strict=True):
+        assert all(torch.equal(a, blocks[i]) for a, i in zip(m[REF_HIDDEN].unbind(), index, strict=True))
+
+
 def test_verl_concatenates_and_reorders_the_hidden_states_over_micro_batches():
     """``postprocess_batch_func`` (how the ref's per-micro-batch outputs become one batch field) keeps each
     sample's [response_len, H] block, also when dynamic batching reordered the samples."""
@@ -186,3 +207,46 @@ def test_use_full_workers_swaps_only_verls_hybrid_worker():
 
     # still an RPC of the worker group, dispatched to every rank like verl's own init_model
     assert getattr(FullActorRolloutRefWorker.init_model, MAGIC_ATTR)["dispatch_mode"] == Dispatch.ONE_TO_ALL
+
+
+@pytest.mark.slow
+def test_transfer_queue_stores_the_hidden_states_with_the_batch():
+    """The ref's output reaches the actor through TransferQueue (a real one, on a local Ray): the [bs, j, H] jagged
+    field is put beside the other fields and comes back per sample with every field (the actor's fetch) and in
+    another key order."""
+    import os
+
+    import ray
+    import transfer_queue as tq
+    import verl
+    from omegaconf import OmegaConf
+    from tensordict import TensorDict
+
+    conf = OmegaConf.load(
+        os.path.join(os.path.dirname(verl.__file__), "trainer/config/transfer_queue/transfer_queue.yaml")
+    )
+    conf.enable = True
+    conf.backend.SimpleStorage.num_data_storage_units = 1
+    g = torch.Generator().manual_seed(0)
+    blocks = [torch.randn(n, 4, generator=g) for n in (3, 1, 5)]
+    log_probs = [torch.randn(n, generator=g) for n in (3, 1, 5)]
+    keys = ["a", "b", "c"]
+
+    def jagged(tensors):
+        return torch.nested.as_nested_tensor(tensors, layout=torch.jagged)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        tq.init(conf)
+        tq.kv_batch_put(keys=keys, partition_id="train", fields=TensorDict({"log_probs": jagged(log_probs)}, 3))
+        tq.kv_batch_put(keys=keys, partition_id="train", fields=TensorDict({REF_HIDDEN: jagged(blocks)}, 3))
+        every = tq.kv_batch_get(keys=keys, partition_id="train")
+        some = tq.kv_batch_get(keys=["c", "a"], partition_id="train", select_fields=[REF_HIDDEN])
+        tq.close()
+    finally:
+        ray.shutdown()
+    assert set(every.keys()) == {"log_probs", REF_HIDDEN}
+    assert all(torch.equal(got, want) for got, want in zip(every[REF_HIDDEN].unbind(), blocks, strict=True))
+    assert all(
+        torch.equal(got, want) for got, want in zip(some[REF_HIDDEN].unbind(), [blocks[2], blocks[0]], strict=True)
+    )
