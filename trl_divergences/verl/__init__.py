@@ -2,7 +2,8 @@
 early (:mod:`.config`); advantage reweightings as ``algorithm.adv_estimator=trl_divergences`` (:mod:`.advantage`);
 the exact divergence ``kl_loss_type=<name>:full``: its engine-level loss functions (:mod:`.full`), the workers that
 install them (:mod:`.workers`) and the registered trainer ``trainer.v1.trainer_mode=trl_divergences_full`` that maps
-verl's roles to those workers (:mod:`.full_trainer`).
+verl's roles to those workers (:mod:`.full_trainer`); teacher methods as verl's distillation loss
+``distillation.distillation_loss.loss_mode=trl_divergences`` (:mod:`.teacher`).
 
 Loaded by the ``verl.plugins`` entry point, which verl imports on ``import verl`` in every process (driver,
 TaskRunner, every Ray worker); where the package cannot be pip-installed on the workers, set
@@ -24,7 +25,7 @@ REGISTERED = False
 
 def _register() -> None:
     global REGISTERED
-    from . import advantage, config, full_trainer, kl  # noqa: F401  (full_trainer registers at import)
+    from . import advantage, config, full_trainer, kl, teacher  # noqa: F401  (full_trainer, teacher: registration)
 
     kl.install()
     config.install()

@@ -125,6 +125,11 @@ def validate_config(config: Any) -> None:
         check_kl_type(algorithm.get("kl_penalty"), "algorithm.kl_penalty")
     if algorithm.get("adv_estimator") == advantage.ESTIMATOR:
         advantage.objective_from(algorithm)
+    distillation = config.get("distillation") or {}
+    if distillation.get("enabled", False) and distillation.distillation_loss.get("loss_mode") == "trl_divergences":
+        from .teacher import check_teacher_config
+
+        check_teacher_config(config)
 
 
 def install() -> None:
