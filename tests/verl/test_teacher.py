@@ -199,3 +199,13 @@ def test_teacher_combinations_that_cannot_run_are_refused(overrides, message):
     with pytest.raises((ValueError, InstantiationException)) as err:
         validate(distill(*overrides))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(("env", "method"), [({}, "kdrl"), ({"MASK": "1"}, "kdrl"), ({"METHOD": "exopd"}, "exopd")])
+def test_example_script_composes_and_validates(tmp_path, env, method):
+    from tests.verl.test_hydra import example_overrides
+
+    overrides = example_overrides(tmp_path, "grpo_teacher.sh", GPUS="1", **env)
+    _, distillation = validate([o for o in overrides if not o.startswith("trainer.n_gpus_per_node")])
+    assert distillation.distillation_loss.method.name == method
+    assert distillation.distillation_loss.method.__dict__.get("only_incorrect", False) == ("MASK" in env)
