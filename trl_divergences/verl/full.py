@@ -12,9 +12,8 @@ carried as final hidden states, never as logits.
   states and the frozen reference lm_head one row chunk at a time, in the forward and in the backward); then as the
   loss, where it adds ``kl_loss_coef`` × verl's aggregation of that divergence to verl's ``ppo_loss``.
 
-Both are loss functions for verl's workers (``TrainingWorker.set_loss_fn``); the trainer and worker subclasses that
-would install them from a config are not part of this version, so ``kl_loss_type=<name>:full`` is refused when the
-config is built (:func:`trl_divergences.verl.config.check_kl_type`).
+Both are loss functions for verl's workers (``TrainingWorker.set_loss_fn``); :mod:`.workers` installs them and
+:mod:`.full_trainer` maps verl's roles to those workers (``trainer.v1.trainer_mode=trl_divergences_full``).
 
 Memory per completion token: H reference hidden values in the batch (2H bytes in bf16; 7 KB for a 7B model with
 H = 3584, instead of 2V = 304 KB of reference logits for V = 151,936), plus a frozen copy of the reference lm_head
