@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -182,7 +183,8 @@ def _summary_from_logs(history: list[dict[str, float]]) -> dict[str, float]:
     return {key: sum(h.get(key, 0.0) for h in tail) / len(tail) for key in ("reward", "kl", "entropy")}
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """The versions a result depends on (written into the demo's and the study's results)."""
     import transformers
     import trl
 
@@ -193,6 +195,7 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "trl": trl.__version__,
         "transformers": transformers.__version__,
+        "python": platform.python_version(),
     }
 
 
@@ -324,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "runs": [asdict(r) for r in runs],
         "results": results,
         "seconds": elapsed,
-        "versions": _versions(),
+        "versions": versions(),
     }
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2))
     (out_dir / "results.md").write_text(table + "\n")

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from trl_divergences.analysis import parameter_snapshot, update_statistics
+from trl_divergences.demo import versions
 from trl_divergences.toy import (
     build_hinted_model,
     default_cache_dir,
@@ -219,21 +220,6 @@ class Study:
         return record
 
 
-def _versions() -> dict[str, str]:
-    import transformers
-    import trl
-
-    from trl_divergences import __version__
-
-    return {
-        "trl-divergences": __version__,
-        "torch": torch.__version__,
-        "trl": trl.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke-test protocol (1 config × 1 seed, tiny model, < 60 s)")
@@ -290,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         {(n, s): json.loads(study.run_path(n, s).read_text()) for n, s in plan if study.run_path(n, s).is_file()},
         plan,
         meta={
-            "versions": _versions(),
+            "versions": versions(),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": protocol.threads},
             "this_invocation_s": time.perf_counter() - start,
             "resumed_runs": len(plan) - len(todo),
