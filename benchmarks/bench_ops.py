@@ -319,6 +319,7 @@ def main() -> None:
         worker(args)
         return
     impls = tuple(args.impls or (IMPLS_GPU if args.device == "cuda" else IMPLS_CPU))
+    load_before = os.getloadavg()[0]  # the machine's load, recorded with the results (the README states it)
     results: dict = {}
     for vocab in args.vocab:
         results[str(vocab)] = {}
@@ -330,7 +331,9 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
     meta = {
         "device": device,
+        "device_type": args.device,
         "cpu_count": os.cpu_count(),
+        "load_avg": [load_before, os.getloadavg()[0]],
         "torch": torch.__version__,
         **{
             k: getattr(args, k)
