@@ -368,23 +368,27 @@ class TiledFusedLinear(torch.autograd.Function):
         rows, width = backward_chunk(n, vocab, ctx.rows * vocab)
         buf = torch.empty(rows * width, dtype=dtype, device=weight.device)
         buf_ref = None if ref is None else torch.empty_like(buf)
-        tiles = _tiles(width, tile_width(rows, width))
+        # tiles of whole chunk rows where they fit (contiguous memory), else of one row
+        tile_rows_n = max(1, TILE_ELEMENTS // width)
+        tiles = _tiles(width, tile_width(tile_rows_n, width))
 
-        def tile_rows(g: slice, zc: Tensor, zrc: Tensor | None, r: slice) -> None:
+        def chunk_rows(g: slice, zc: Tensor, zrc: Tensor | None, r: slice) -> None:
             """dL/dz over rows r of the chunk (global rows g.start + r), tile by tile, in place of the logits."""
-            g = slice(g.start + r.start, g.start + r.stop)
-            zc, zrc = zc[r], None if zrc is None else zrc[r]
-            a, b, c, _ = (None if x is None else x[g] for x in coefs)
-            bufs = [torch.empty((r.stop - r.start, tiles[0][1]), dtype=dtype, device=zc.device) for _ in range(2)]
-            for t0, t1 in tiles:
-                if t0 >= zc.shape[1]:
-                    break
-                lp, d = zc[:, t0:t1].sub_(lse[g].unsqueeze(-1)), None
-                if zrc is not None:
-                    lr = zrc[:, t0:t1].sub_(lse_ref[g].unsqueeze(-1))
-                    d = None if a is None else ctx.div.dterm_masked(lp, lr)
-                w = lp.shape[1]
-                _tile_dz(lp, lp, d, a, b, c, bufs[0][:, :w], bufs[1][:, :w])
+            bufs = [torch.empty((tile_rows_n, tiles[0][1]), dtype=dtype, device=zc.device) for _ in range(2)]
+            for i in range(r.start, r.stop, tile_rows_n):
+                rr = slice(i, min(i + tile_rows_n, r.stop))
+                gr = slice(g.start + rr.start, g.start + rr.stop)
+                a, b, c, _ = (None if x is None else x[gr] for x in coefs)
+                n_r = rr.stop - rr.start
+                for t0, t1 in tiles:
+                    if t0 >= zc.shape[1]:
+                        break
+                    lp, d = zc[rr, t0:t1].sub_(lse[gr].unsqueeze(-1)), None
+                    if zrc is not None:
+                        lr = zrc[rr, t0:t1].sub_(lse_ref[gr].unsqueeze(-1))
+                        d = None if a is None else ctx.div.dterm_masked(lp, lr)
+                    w = lp.shape[1]
+                    _tile_dz(lp, lp, d, a, b, c, bufs[0][:n_r, :w], bufs[1][:n_r, :w])
 
         with torch.no_grad():  # vocabulary chunks outermost: each lm_head row is read, and its grad written, once
             for start in range(0, n, rows):
@@ -393,7 +397,7 @@ class TiledFusedLinear(torch.autograd.Function):
                     shape = (g.stop - g.start, v1 - v0)  # contiguous views of the buffers for the GEMMs' outputs
                     zc = pol.project(buf[: shape[0] * shape[1]].view(shape), g, v0, v1)
                     zrc = None if ref is None else ref.project(buf_ref[: shape[0] * shape[1]].view(shape), g, v0, v1)
-                    _in_threads(g.stop - g.start, partial(tile_rows, g, zc, zrc))
+                    _in_threads(g.stop - g.start, partial(chunk_rows, g, zc, zrc))
                     grads.add_tile(g, v0, v1, zc)
             if upstream[0] is not None:
                 grads.add_targets(slice(0, n), targets, upstream[0] * pol.scale)
