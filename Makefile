@@ -34,9 +34,10 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format trl_divergences tests benchmarks examples
 	$(BIN)/ruff check --fix trl_divergences tests benchmarks examples
 
-bench: $(VENV)/.installed-dev  ## op and GRPO-step speed/memory benchmarks, side-by-side tables (CPU; --device cuda on a GPU)
+bench: $(VENV)/.installed-dev  ## op and GRPO-step speed/memory benchmarks, side-by-side tables, then the README's Performance tables from the results
 	$(BIN)/python benchmarks/bench_ops.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_trainer.py $(BENCH_TRAINER_ARGS)
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo_outputs

@@ -1,9 +1,10 @@
 """Forward + backward of per-token log-prob + entropy + divergence from hidden states (fused linear), against naive
 torch, TRL 1.16's ``ChunkedDivergenceFunction`` and Liger's ``LigerFusedLinearJSDLoss`` — wall time and peak memory.
 
-Every (implementation, V) runs in its own subprocess, so peak memory is clean: on CPU the RSS high-water mark minus
-the RSS once inputs exist (it includes grad W); on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation
-once inputs exist. Gradients flow into the policy hidden states and the policy lm_head weight.
+Every (implementation, V) runs in its own subprocess, so peak memory is clean: on CPU the RSS high-water mark over
+the steps (reset once the inputs exist, :mod:`_memory`) minus the RSS then (it includes grad W); on CUDA
+``torch.cuda.max_memory_allocated`` minus the allocation once inputs exist. Gradients flow into the policy hidden
+states and the policy lm_head weight.
 
     python benchmarks/bench_ops.py                      # CPU, V = 32000 and 151936, N = 2048, H = 512
     python benchmarks/bench_ops.py --device cuda        # adds the Triton rows and the logits-kernel bandwidth
@@ -35,13 +36,13 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
+from _memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 IMPLS_CPU = ("textbook", "naive", "floor", "chunked", "ingrad", "trl_default", "trl_tuned", "liger", "cce")
 IMPLS_GPU = (
@@ -51,10 +52,6 @@ IMPLS_GPU = (
 #: β of TRL's / Liger's generalized JSD that gives our divergence (None: not supported there)
 FOREIGN_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0, "js": 0.5}
 H100_PEAK_BYTES_PER_S = 3.35e12
-
-
-def _rss_peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def _sync(device: str) -> None:
@@ -246,12 +243,15 @@ def worker(args) -> None:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    else:
-        base = _rss_peak_bytes()
+        extra = {}
+    else:  # RSS now, not the high-water mark: building the inputs freed temporaries (see benchmarks/_memory.py)
+        base = rss_bytes()
+        extra = {"hwm_reset": reset_peak_rss()}
     times = _time(step, args.device, args.iters, args.warmup)
-    peak = torch.cuda.max_memory_allocated() - base if args.device == "cuda" else _rss_peak_bytes() - base
+    peak = torch.cuda.max_memory_allocated() - base if args.device == "cuda" else peak_rss_bytes() - base
     grads = {k: float(x[k].grad.float().norm()) for k in ("hidden", "weight")}
-    print(json.dumps({"time_s": statistics.median(times), "times_s": times, "peak_mb": peak / 2**20, **grads}))
+    out = {"time_s": statistics.median(times), "times_s": times, "peak_mb": peak / 2**20, **grads, **extra}
+    print(json.dumps(out))
 
 
 def _run_one(args, impl: str, vocab: int) -> dict:
@@ -319,6 +319,7 @@ def main() -> None:
         worker(args)
         return
     impls = tuple(args.impls or (IMPLS_GPU if args.device == "cuda" else IMPLS_CPU))
+    load_before = os.getloadavg()[0]  # the machine's load, recorded with the results (the README states it)
     results: dict = {}
     for vocab in args.vocab:
         results[str(vocab)] = {}
@@ -330,7 +331,9 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
     meta = {
         "device": device,
+        "device_type": args.device,
         "cpu_count": os.cpu_count(),
+        "load_avg": [load_before, os.getloadavg()[0]],
         "torch": torch.__version__,
         **{
             k: getattr(args, k)

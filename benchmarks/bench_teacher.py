@@ -5,7 +5,8 @@ Each configuration trains ``--steps`` steps from the base model in its own proce
 (so the ratios share the machine's load), ``--rounds`` times in turn. Reported per configuration, each a median over
 the rounds' steps after the first: TRL's ``step_time``; the teacher-side no-grad passes per generation batch (the
 teacher forward, and ExOPD's separate ρ when given), timed around the trainer's ``_teacher_pass``; the training peak
-memory, the process's RSS high-water mark after training minus its RSS once the trainer is built (models loaded).
+memory, the process's RSS high-water mark during training (reset once the trainer is built, :mod:`_memory`) minus its
+RSS then (models loaded).
 Ratios are to GRPO with the k3 reference penalty. The teacher costs one no-grad forward per generation batch (like
 TRL's reference forward); G-OPD adds the rollout policy's log-probs (on-policy TRL does not compute them) and ExOPD
 the reference's (or the given ρ's); the exact path carries the teacher's final hidden states [B, C, H_τ] with the
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from _memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 CONFIGS = {
     "grpo, no penalty": {"beta": 0.0},
@@ -37,11 +39,6 @@ CONFIGS = {
     "trrd": {"beta": 0.0, "teacher_method": "trrd"},
 }
 BASELINE = "grpo + reverse KL k3 (TRL's)"
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def worker(name: str, steps: int, out_dir: str) -> None:
@@ -92,15 +89,17 @@ def worker(name: str, steps: int, out_dir: str) -> None:
             teacher_times.append(time.perf_counter() - start)
 
         trainer._teacher_pass = timed
-    rss_built = _rss_mb()
+    rss_built = rss_bytes() / 2**20
+    hwm_reset = reset_peak_rss()  # the build's freed temporaries out of the high-water mark
     trainer.train()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_rss_bytes() / 2**20
     times = [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
     result = {
         "step_time_s": statistics.median(times[1:]),
         "times": times,
         "train_peak_mb": peak - rss_built,
         "rss_built_mb": rss_built,
+        "hwm_reset": hwm_reset,
     }
     if teacher_times:
         result["teacher_pass_s"] = statistics.median(teacher_times[1:] or teacher_times)

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,31 +26,9 @@ import time
 from pathlib import Path
 
 import torch
+from _memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 VOCAB_SIZE = 151_936
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (Linux ``clear_refs`` 5); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def build_model(folder: Path, args) -> None:
@@ -142,8 +119,8 @@ def worker(args) -> None:
     class Timer(TrainerCallback):
         def on_step_begin(self, targs, state, control, **kw):
             if state.global_step == warmup:  # the timed steps start: reset the memory high-water mark
-                marks["rss"] = _rss_bytes()
-                marks["reset"] = _reset_peak_rss()
+                marks["rss"] = rss_bytes()
+                marks["reset"] = reset_peak_rss()
             marks["t0"] = time.perf_counter()
 
         def on_step_end(self, targs, state, control, **kw):
@@ -155,7 +132,7 @@ def worker(args) -> None:
     )
     trainer.add_callback(Timer())
     trainer.train()
-    peak = _peak_rss_bytes() - marks["rss"]
+    peak = peak_rss_bytes() - marks["rss"]
     out = {"time_s": statistics.median(times), "times_s": times, "peak_mb": peak / 2**20, "hwm_reset": marks["reset"]}
     print(json.dumps(out))
 

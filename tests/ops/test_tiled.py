@@ -59,10 +59,13 @@ def test_default_blocks_are_uneven(monkeypatch: pytest.MonkeyPatch, small_tiles)
         compare(*_loss_both(inputs, ups, None, divergence=name, **kw), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("min_width", [tiled.MIN_CHUNK_WIDTH, 8], ids=["one_chunk", "vocab_chunks"])
 @pytest.mark.parametrize(("name", "kw"), CASES, ids=IDS)
-def test_masked_tiles(small_tiles, name: str, kw: dict) -> None:
+def test_masked_tiles(monkeypatch: pytest.MonkeyPatch, small_tiles, name: str, kw: dict, min_width: int) -> None:
     """Bias −inf on a whole tile (both sides; policy only on the first tile, where the online max starts at −inf),
-    on the padded tail, and one-sided entries."""
+    on the padded tail, and one-sided entries; the recompute backward over the whole vocabulary or over chunks of
+    15 entries (the whole −inf tile straddles two)."""
+    monkeypatch.setattr(tiled, "MIN_CHUNK_WIDTH", min_width)
     inputs, ups = _fused_case(lead=(7,), seed=220)
     b, br = inputs["bias"], inputs["ref_bias"]
     b[WIDTH : 2 * WIDTH] = br[WIDTH : 2 * WIDTH] = float("-inf")  # a whole tile
@@ -98,11 +101,29 @@ def test_loss_in_forward_backward_runs_once() -> None:
         loss.backward()
 
 
+@pytest.mark.parametrize("budget", [3 * 37, 40], ids=["vocab_chunks", "row_groups_and_vocab_chunks"])
+def test_backward_vocabulary_chunks(monkeypatch: pytest.MonkeyPatch, small_tiles, budget: int) -> None:
+    """The recompute backward over vocabulary chunks narrower than V (the last one narrower still), all 10 tokens
+    at once (blocks of 3 rows: chunks of 11) or in row groups of 4, 4, 2 (blocks of 1 row: chunks of 8)."""
+    monkeypatch.setattr(tiled, "MIN_CHUNK_WIDTH", 8)
+    monkeypatch.setattr(tiled, "BLOCK_ELEMENTS", budget)
+    rows, width = tiled.backward_chunk(10, 37, tiled.block_rows(10, 37) * 37)
+    assert (rows, width) == ((10, 11) if budget == 3 * 37 else (4, 8))
+    inputs, ups = _fused_case(seed=220)
+    for name, kw in CASES:
+        (outs, grads), (ref_outs, ref_grads) = _fused_both(inputs, ups, None, divergence=name, **kw)
+        compare(outs, ref_outs, rtol=1e-12, atol=1e-12)
+        compare(grads, ref_grads, rtol=1e-10, atol=1e-12)
+
+
 def test_block_and_tile_sizes() -> None:
     assert tiled.block_rows(2048, 151936) == 2**25 // 151936 == 220
     assert tiled.block_rows(5, 151936) == 5 and tiled.block_rows(0, 10) == 1
     assert tiled.tile_width(220, 151936) == 2**19 // 220
     assert tiled.tile_width(1, 37) == 37
+    assert tiled.backward_chunk(2048, 151936, 220 * 151936) == (2048, 220 * 151936 // 2048)
+    assert tiled.backward_chunk(10**6, 151936, 2**25) == (2**25 // 1024, 1024)
+    assert tiled.backward_chunk(3, 37, 111) == (3, 37)
     assert tiled._tiles(37, 8) == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 37)]
 
 

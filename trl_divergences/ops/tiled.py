@@ -15,9 +15,11 @@ so each lm_head row is read once per block), with the block's rows split over th
    logits; then grad h = dz @ W and grad W += dzᵀ @ h (one GEMM each per block); the target's +w_logp/T enters as
    rows of W and h.
 
-The recompute-in-backward driver keeps (lse, lse_r, H, Σ dterm) per row; its backward re-projects each block and
-runs step 3 with the upstream gradients as weights. GEMM count: 4 with the gradient in the forward (as many as
-autograd through full logits), 6 when recomputing.
+The recompute-in-backward driver keeps (lse, lse_r, H, Σ dterm) per row; its backward needs no full row at once,
+so it loops over vocabulary chunks outermost (all tokens × a slice of the vocabulary, :func:`backward_chunk`),
+re-projects each chunk and runs step 3 with the upstream gradients as weights: each lm_head row is read once and
+its grad W row written once, instead of once per token block, and the GEMMs have all tokens as rows. GEMM count:
+4 with the gradient in the forward (as many as autograd through full logits), 6 when recomputing.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 BLOCK_ELEMENTS = 2**25
 #: [rows × width] elements of one vocabulary tile (2 MiB fp32): the tile and its temporaries stay in the L2/L3 cache
 TILE_ELEMENTS = 2**19
+#: narrowest vocabulary chunk of the recompute backward (its GEMMs stay wide; more tokens: row groups)
+MIN_CHUNK_WIDTH = 1024
 #: fewest rows a thread takes in a block's elementwise work
 MIN_ROWS_PER_THREAD = 8
 
@@ -53,6 +57,13 @@ def block_rows(n_rows: int, vocab: int) -> int:
 def tile_width(rows: int, vocab: int) -> int:
     """Vocabulary entries per tile for blocks of ``rows`` tokens: ``TILE_ELEMENTS`` logits per tile."""
     return max(1, min(vocab, TILE_ELEMENTS // max(rows, 1)))
+
+
+def backward_chunk(n_rows: int, vocab: int, elements: int) -> tuple[int, int]:
+    """(rows, vocabulary width) of the recompute backward's chunks of about ``elements`` logits per side: all rows
+    and ``elements / n_rows`` vocabulary entries, unless that is narrower than ``MIN_CHUNK_WIDTH`` (then fewer rows)."""
+    width = min(vocab, max(elements // max(n_rows, 1), MIN_CHUNK_WIDTH))
+    return max(1, min(n_rows, elements // width)), width
 
 
 def _tiles(vocab: int, width: int) -> list[tuple[int, int]]:
@@ -248,13 +259,12 @@ class _Blocks:
             _fold_lse(z[:, v0:v1], m, s, p_buf[:, : v1 - v0])
         return m + s.log()
 
-    def dz(self, z: Tensor, zr: Tensor | None, coefs, bufs, dterm_kept: bool) -> None:
-        """z (log-probs) <- dL/dz tile by tile; zr holds dterm (``dterm_kept``) or the reference log-probs."""
+    def dz(self, z: Tensor, dterm: Tensor | None, coefs, bufs) -> None:
+        """z (log-probs) <- dL/dz tile by tile, from the divergence's dterm kept in ``dterm`` (None: no reference)."""
         a, b, c, _ = coefs
         for v0, v1 in self.tiles:
-            lp, d = z[:, v0:v1], None
-            if a is not None:
-                d = zr[:, v0:v1] if dterm_kept else self.div.dterm_masked(lp, zr[:, v0:v1])
+            lp = z[:, v0:v1]
+            d = None if a is None else dterm[:, v0:v1]
             _tile_dz(lp, lp, d, a, b, c, bufs[0][:, : v1 - v0], bufs[1][:, : v1 - v0])
 
 
@@ -314,7 +324,7 @@ class _Forward(_Blocks):
         if weights is not None:
             row_weights = tuple(None if w is None else w[r] for w in weights)
             coefs = _coefficients(row_weights, entropy, dterm_sum if zr is not None else None, self.pol.scale)
-            self.dz(z, zr, coefs, bufs, dterm_kept=True)
+            self.dz(z, zr, coefs, bufs)
 
 
 def _sides(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, temperature: float):
@@ -351,26 +361,46 @@ class TiledFusedLinear(torch.autograd.Function):
         )
         pol, ref = _sides(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, ctx.temperature)
         grads = _Grads(pol, ctx.needs_input_grad[:3])
-        blocks = _Blocks(pol, ref, targets, ctx.div, ctx.rows)
-        upstream = tuple(None if g is None else g.to(blocks.dtype) for g in (g_logp, g_ent, g_div))
+        dtype, (n, vocab) = compute_dtype(weight.dtype), (hidden.shape[0], weight.shape[0])
+        upstream = tuple(None if g is None else g.to(dtype) for g in (g_logp, g_ent, g_div))
         upstream = (None if targets is None else upstream[0], upstream[1], None if ref is None else upstream[2])
+        coefs = _coefficients(upstream, entropy, None if ref is None else dterm_sum, pol.scale)
+        rows, width = backward_chunk(n, vocab, ctx.rows * vocab)
+        buf = torch.empty(rows * width, dtype=dtype, device=weight.device)
+        buf_ref = None if ref is None else torch.empty_like(buf)
+        # tiles of whole chunk rows where they fit (contiguous memory), else of one row
+        tile_rows_n = max(1, TILE_ELEMENTS // width)
+        tiles = _tiles(width, tile_width(tile_rows_n, width))
 
-        def rows(sl: slice, z: Tensor, zr: Tensor | None, r: slice) -> None:
-            g = slice(sl.start + r.start, sl.start + r.stop)
-            z, zr = z[r], None if zr is None else zr[r]
-            z.sub_(lse[g].unsqueeze(-1))
-            if zr is not None:
-                zr.sub_(lse_ref[g].unsqueeze(-1))
-            ws = tuple(None if u is None else u[g] for u in upstream)
-            coefs = _coefficients(ws, entropy[g], None if ref is None else dterm_sum[g], pol.scale)
-            blocks.dz(z, zr, coefs, blocks.scratch(r.stop - r.start), dterm_kept=False)
+        def chunk_rows(g: slice, zc: Tensor, zrc: Tensor | None, r: slice) -> None:
+            """dL/dz over rows r of the chunk (global rows g.start + r), tile by tile, in place of the logits."""
+            bufs = [torch.empty((tile_rows_n, tiles[0][1]), dtype=dtype, device=zc.device) for _ in range(2)]
+            for i in range(r.start, r.stop, tile_rows_n):
+                rr = slice(i, min(i + tile_rows_n, r.stop))
+                gr = slice(g.start + rr.start, g.start + rr.stop)
+                a, b, c, _ = (None if x is None else x[gr] for x in coefs)
+                n_r = rr.stop - rr.start
+                for t0, t1 in tiles:
+                    if t0 >= zc.shape[1]:
+                        break
+                    lp, d = zc[rr, t0:t1].sub_(lse[gr].unsqueeze(-1)), None
+                    if zrc is not None:
+                        lr = zrc[rr, t0:t1].sub_(lse_ref[gr].unsqueeze(-1))
+                        d = None if a is None else ctx.div.dterm_masked(lp, lr)
+                    w = lp.shape[1]
+                    _tile_dz(lp, lp, d, a, b, c, bufs[0][:n_r, :w], bufs[1][:n_r, :w])
 
-        with torch.no_grad():
-            for sl, z, zr in blocks.blocks():
-                _in_threads(sl.stop - sl.start, partial(rows, sl, z, zr))
-                grads.add_tile(sl, 0, blocks.vocab, z)
-                if upstream[0] is not None:
-                    grads.add_targets(sl, targets[sl], upstream[0][sl] * pol.scale)
+        with torch.no_grad():  # vocabulary chunks outermost: each lm_head row is read, and its grad written, once
+            for start in range(0, n, rows):
+                g = slice(start, min(start + rows, n))
+                for v0, v1 in _tiles(vocab, width):
+                    shape = (g.stop - g.start, v1 - v0)  # contiguous views of the buffers for the GEMMs' outputs
+                    zc = pol.project(buf[: shape[0] * shape[1]].view(shape), g, v0, v1)
+                    zrc = None if ref is None else ref.project(buf_ref[: shape[0] * shape[1]].view(shape), g, v0, v1)
+                    _in_threads(g.stop - g.start, partial(chunk_rows, g, zc, zrc))
+                    grads.add_tile(g, v0, v1, zc)
+            if upstream[0] is not None:
+                grads.add_targets(slice(0, n), targets, upstream[0] * pol.scale)
         return *grads.result(), None, None, None, None, None, None, None
 
 
