@@ -41,7 +41,7 @@ def test_crossover_is_the_first_k_below_the_base():
 
 def test_protocol_names_and_arguments():
     default = Protocol()
-    assert set(default.configs) == {c.name for c in CONFIGS if c.rehearsal is None} and len(default.seeds) >= 3
+    assert set(default.configs) == {c.name for c in CONFIGS} and len(default.seeds) >= 3
     assert default.steps * default.prompts_per_step == default.train_pool  # each pool prompt drawn once
     assert default.num_generations < default.ks[-1] <= default.eval_samples
     assert protocol_from_args(parse_args(["--configs", "js_full,nsr", "--seeds", "4"])).configs == ("js_full", "nsr")
@@ -49,7 +49,8 @@ def test_protocol_names_and_arguments():
         protocol_from_args(parse_args(["--configs", "nope"]))
     with pytest.raises(SystemExit, match="seeds"):
         protocol_from_args(parse_args(["--seeds", "a"]))
-    assert config_by_name("reverse_kl_k3_no_is").extra == {"use_bias_correction_kl": False}
+    assert config_by_name("reverse_kl_k3_no_is").spec.catalog == {"use_bias_correction_kl": False}
+    assert "rehearsal_forward_kl" in default.configs  # DPH-RL runs in the default protocol
 
 
 @pytest.mark.slow
@@ -81,3 +82,21 @@ def test_quick_study_writes_the_documented_outputs_and_resumes(tmp_path):
     assert "| base model |" in (out / "study_quick.md").read_text()
     again = main(argv)  # every run is found on disk: nothing retrains
     assert again["resumed_runs"] == 2 and json.dumps(again["summary"]) == json.dumps(payload["summary"])
+
+
+def test_study_and_demo_share_the_grpo_arguments(tmp_path):
+    from trl_divergences.demo import toy_grpo_args
+
+    p = Protocol()
+    shared = {
+        "output_dir": tmp_path, "seed": 1, "lr": p.lr, "steps": p.steps, "num_generations": p.num_generations,
+        "prompts_per_step": p.prompts_per_step, "max_completion_length": p.max_completion_length, "logging_steps": 30,
+    }  # fmt: skip
+    args = toy_grpo_args(config_by_name("reverse_kl_k3_no_is").spec, **shared)
+    assert args.beta == 0.2 and args.use_bias_correction_kl is False and args.temperature == 1.0
+    assert args.per_device_train_batch_size == p.num_generations * p.prompts_per_step and args.max_steps == p.steps
+    rehearsal = config_by_name("rehearsal_forward_kl").spec
+    with pytest.raises(ValueError, match="rehearsal store"):
+        toy_grpo_args(rehearsal, **shared)
+    with pytest.raises(ValueError, match="not a finished rehearsal store"):  # the store path reaches the config
+        toy_grpo_args(rehearsal, **shared, store=tmp_path / "store")

@@ -34,7 +34,7 @@ class RunSpec:
     """One row of the demo: a label and the DivergenceGRPOConfig fields that differ from the shared ones."""
 
     label: str
-    beta: float
+    beta: float = 0.0
     divergence: str = "reverse_kl"
     estimator: str = "k3"
     divergence_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -82,12 +82,33 @@ TEACHER_RUNS: tuple[RunSpec, ...] = (
 METRICS = ("pass@1", "pass@{k}", "distinct_correct", "entropy", "forward_kl", "reverse_kl")
 
 
-def _trainer_args(spec: RunSpec, args: argparse.Namespace, output_dir: Path, seed: int, store: Path | None):
+def toy_grpo_args(
+    spec: RunSpec,
+    *,
+    output_dir: str | Path,
+    seed: int,
+    lr: float,
+    steps: int,
+    num_generations: int,
+    prompts_per_step: int,
+    max_completion_length: int,
+    logging_steps: int,
+    store: str | Path | None = None,
+    teacher_model: str | None = None,
+    progress: bool = False,
+):
+    """The ``DivergenceGRPOConfig`` of one toy run (demo and study): ``spec``'s method fields on the shared CPU
+    settings (fp32, T = 1, ``prompts_per_step`` prompts × ``num_generations`` completions per step, no checkpoints,
+    no reporting). ``store`` is required by a rehearsal spec, ``teacher_model`` by a teacher spec."""
     from .trl import DivergenceGRPOConfig
 
+    if spec.rehearsal is not None and store is None:
+        raise ValueError(f"{spec.label!r} rehearses ({spec.rehearsal}): pass the rehearsal store")
+    if spec.teacher is not None and teacher_model is None:
+        raise ValueError(f"{spec.label!r} is teacher-guided ({spec.teacher}): pass teacher_model")
     return DivergenceGRPOConfig(
         rehearsal_dataset=None if spec.rehearsal is None else str(store),
-        teacher_model=None if spec.teacher is None else args.teacher_model,
+        teacher_model=None if spec.teacher is None else teacher_model,
         teacher_method=spec.teacher,
         teacher_kwargs=dict(spec.teacher_kwargs),
         rehearsal_divergence=spec.rehearsal or "forward_kl",
@@ -98,20 +119,37 @@ def _trainer_args(spec: RunSpec, args: argparse.Namespace, output_dir: Path, see
         divergence_estimator=spec.estimator,
         divergence_kwargs=dict(spec.divergence_kwargs),
         **spec.catalog,
-        learning_rate=args.lr,
-        max_steps=args.steps,
-        num_generations=args.num_generations,
-        per_device_train_batch_size=args.num_generations * args.prompts_per_step,
-        max_completion_length=args.max_completion_length,
+        learning_rate=lr,
+        max_steps=steps,
+        num_generations=num_generations,
+        per_device_train_batch_size=num_generations * prompts_per_step,
+        max_completion_length=max_completion_length,
         temperature=1.0,
-        logging_steps=max(1, args.steps // 10),
+        logging_steps=logging_steps,
         save_strategy="no",
         report_to=[],
         bf16=False,
         use_cpu=True,
         seed=seed,
         data_seed=seed,
-        disable_tqdm=not args.progress,
+        disable_tqdm=not progress,
+    )
+
+
+def _trainer_args(spec: RunSpec, args: argparse.Namespace, output_dir: Path, seed: int, store: Path | None):
+    return toy_grpo_args(
+        spec,
+        output_dir=output_dir,
+        seed=seed,
+        lr=args.lr,
+        steps=args.steps,
+        num_generations=args.num_generations,
+        prompts_per_step=args.prompts_per_step,
+        max_completion_length=args.max_completion_length,
+        logging_steps=max(1, args.steps // 10),
+        store=store,
+        teacher_model=args.teacher_model,
+        progress=args.progress,
     )
 
 

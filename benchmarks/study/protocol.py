@@ -9,9 +9,10 @@ such change is said in the config's ``note``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from trl_divergences.demo import RunSpec
 from trl_divergences.toy import N_TRAIN_POOL, HintedModelConfig
 
 KS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -19,73 +20,69 @@ KS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """One configuration: the ``DivergenceGRPOConfig`` fields that differ from the protocol's shared ones."""
+    """One configuration: a short name, the demo's :class:`~trl_divergences.demo.RunSpec` (label and the
+    ``DivergenceGRPOConfig`` fields that differ from the protocol's shared ones) and why a default was changed."""
 
     name: str
-    label: str
-    beta: float = 0.0
-    divergence: str = "reverse_kl"
-    estimator: str = "k3"
-    divergence_kwargs: dict[str, Any] = field(default_factory=dict)
-    #: reference-sample rehearsal (DPH-RL): its divergence and coefficient; the store is built once from the base
-    rehearsal: str | None = None
-    rehearsal_coef: float = 0.0
-    #: other DivergenceGRPOConfig / GRPOConfig fields (advantage_reweighting, curriculum, use_bias_correction_kl, ...)
-    extra: dict[str, Any] = field(default_factory=dict)
+    spec: RunSpec
     note: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
 
 
 #: the base model is evaluated, not trained (the reference row of every comparison)
 BASE = "base"
 
 CONFIGS: tuple[StudyConfig, ...] = (
-    StudyConfig("no_penalty", "no penalty (GRPO, β = 0)"),
-    StudyConfig("reverse_kl_k3", "reverse KL k3, β = 0.2 (TRL's)", beta=0.2),
+    StudyConfig("no_penalty", RunSpec("no penalty (GRPO, β = 0)")),
+    StudyConfig("reverse_kl_k3", RunSpec("reverse KL k3, β = 0.2 (TRL's)", beta=0.2)),
     StudyConfig(
         "reverse_kl_k3_no_is",
-        "reverse KL k3, β = 0.2, use_bias_correction_kl off",
-        beta=0.2,
-        extra={"use_bias_correction_kl": False},
+        RunSpec(
+            "reverse KL k3, β = 0.2, use_bias_correction_kl off",
+            beta=0.2,
+            catalog={"use_bias_correction_kl": False},
+        ),
         note="without TRL's importance weight, k3's gradient is the forward-KL gradient",
     ),
-    StudyConfig("forward_kl_full", "forward KL exact, β = 0.2", beta=0.2, divergence="forward_kl", estimator="full"),
-    StudyConfig("forward_kl_k3", "forward KL k3 (sampled), β = 0.2", beta=0.2, divergence="forward_kl"),
     StudyConfig(
-        "forward_kl_k3plus", "forward KL k3+ (sampled), β = 0.2", beta=0.2, divergence="forward_kl", estimator="k3+"
+        "forward_kl_full",
+        RunSpec("forward KL exact, β = 0.2", beta=0.2, divergence="forward_kl", estimator="full"),
     ),
-    StudyConfig("js_full", "JS exact, β = 2", beta=2.0, divergence="js", estimator="full"),
+    StudyConfig("forward_kl_k3", RunSpec("forward KL k3 (sampled), β = 0.2", beta=0.2, divergence="forward_kl")),
+    StudyConfig(
+        "forward_kl_k3plus",
+        RunSpec("forward KL k3+ (sampled), β = 0.2", beta=0.2, divergence="forward_kl", estimator="k3+"),
+    ),
+    StudyConfig("js_full", RunSpec("JS exact, β = 2", beta=2.0, divergence="js", estimator="full")),
     StudyConfig(
         "rehearsal_forward_kl",
-        "DPH-RL rehearsal, forward KL, coef 0.2",
-        rehearsal="forward_kl",
-        rehearsal_coef=0.2,
+        RunSpec("DPH-RL rehearsal, forward KL, coef 0.2", rehearsal="forward_kl", rehearsal_coef=0.2),
         note="RL on the exploration prompts only (DPH-RL); coefficient of the online forward-KL row",
     ),
     StudyConfig(
         "lp_reg",
-        "Lp-Reg, β = 1, ρ = 0.1",
-        beta=1.0,
-        divergence="lp_reg",
-        divergence_kwargs={"rho": 0.1},
+        RunSpec("Lp-Reg, β = 1, ρ = 0.1", beta=1.0, divergence="lp_reg", divergence_kwargs={"rho": 0.1}),
         note="ρ = 0.1 instead of the official 0.01: ⌊0.01·n⌋ of a micro-batch's ~100 negative tokens selects none",
     ),
-    StudyConfig("w_reinforce", "W-REINFORCE, λ = 0.1", extra={"advantage_reweighting": "w_reinforce"}),
+    StudyConfig("w_reinforce", RunSpec("W-REINFORCE, λ = 0.1", catalog={"advantage_reweighting": "w_reinforce"})),
     StudyConfig(
         "nsr",
-        "NSR (negative samples only)",
-        extra={"advantage_reweighting": "w_reinforce", "reweighting_kwargs": {"mode": "nsr"}},
+        RunSpec(
+            "NSR (negative samples only)",
+            catalog={"advantage_reweighting": "w_reinforce", "reweighting_kwargs": {"mode": "nsr"}},
+        ),
     ),
     StudyConfig(
         "ace",
-        "ACE, α = 0.5",
-        extra={"advantage_reweighting": "ace", "reweighting_kwargs": {"alpha": 0.5}},
+        RunSpec("ACE, α = 0.5", catalog={"advantage_reweighting": "ace", "reweighting_kwargs": {"alpha": 0.5}}),
         note="no published α; 0.5, the middle of the README's 0.1–1 sweep range",
     ),
     StudyConfig(
         "gaussian_curriculum",
-        "reverse KL k3, β = 0.2 + Gaussian curriculum",
-        beta=0.2,
-        extra={"curriculum": "gaussian"},
+        RunSpec("reverse KL k3, β = 0.2 + Gaussian curriculum", beta=0.2, catalog={"curriculum": "gaussian"}),
         note="FG-ExPO's Gaussian sampling at its defaults; prompts may repeat (weighted sampling with replacement)",
     ),
 )
@@ -97,9 +94,9 @@ class Protocol:
     pool prompt = 8) are far fewer than the largest evaluation k (256)."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
-    #: every configuration but the rehearsal one: on this base model DPH-RL's store is empty (measured: 0 of the
-    #: 2,400 pool prompts correct in all k = 8 base samples), so it cannot run; ``--configs`` can still ask for it
-    configs: tuple[str, ...] = tuple(c.name for c in CONFIGS if c.rehearsal is None)
+    #: every configuration, DPH-RL's rehearsal included (its store: the pool prompts the base solves in all k = 8
+    #: samples — the easy targets of the base's data give it material)
+    configs: tuple[str, ...] = tuple(c.name for c in CONFIGS)
     #: base model (hinted task, cached); the architecture and SFT recipe enter its cache key
     base_model: HintedModelConfig = HintedModelConfig()
     base_seed: int = 0

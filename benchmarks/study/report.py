@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -197,20 +198,7 @@ def write_report(
     payload = {
         "protocol": protocol.to_json(),
         "configs": [
-            {
-                "name": c.name,
-                "label": c.label,
-                "beta": c.beta,
-                "divergence": c.divergence,
-                "estimator": c.estimator,
-                "divergence_kwargs": c.divergence_kwargs,
-                "rehearsal": c.rehearsal,
-                "rehearsal_coef": c.rehearsal_coef,
-                "extra": c.extra,
-                "note": c.note,
-            }
-            for c in CONFIGS
-            if c.name in protocol.configs
+            {"name": c.name, **asdict(c.spec), "note": c.note} for c in CONFIGS if c.name in protocol.configs
         ],  # fmt: skip
         "complete": not missing,
         "missing_runs": missing,

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from trl_divergences.analysis import parameter_snapshot, update_statistics
-from trl_divergences.demo import versions
+from trl_divergences.demo import toy_grpo_args, versions
 from trl_divergences.toy import (
     build_hinted_model,
     default_cache_dir,
@@ -129,36 +129,23 @@ class Study:
     def train(self, config: StudyConfig, seed: int, bar) -> dict[str, Any]:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        from trl_divergences.trl import DivergenceGRPOConfig, DivergenceGRPOTrainer
+        from trl_divergences.trl import DivergenceGRPOTrainer
         from trl_divergences.trl.callbacks import UpdateRankCallback, UpdateSparsityCallback
 
         p = self.protocol
-        store = self.rehearsal_store() if config.rehearsal else None
+        store = self.rehearsal_store() if config.spec.rehearsal else None
         with tempfile.TemporaryDirectory(prefix="study-") as tmp:
-            args = DivergenceGRPOConfig(
+            args = toy_grpo_args(
+                config.spec,
                 output_dir=tmp,
-                beta=config.beta,
-                divergence=config.divergence,
-                divergence_estimator=config.estimator,
-                divergence_kwargs=dict(config.divergence_kwargs),
-                rehearsal_dataset=None if store is None else str(store),
-                rehearsal_divergence=config.rehearsal or "forward_kl",
-                rehearsal_coef=config.rehearsal_coef,
-                **config.extra,
-                learning_rate=p.lr,
-                max_steps=p.steps,
-                num_generations=p.num_generations,
-                per_device_train_batch_size=p.num_generations * p.prompts_per_step,
-                max_completion_length=p.max_completion_length,
-                temperature=1.0,
-                logging_steps=p.trajectory_every,
-                save_strategy="no",
-                report_to=[],
-                bf16=False,
-                use_cpu=True,
                 seed=seed,
-                data_seed=seed,
-                disable_tqdm=True,
+                lr=p.lr,
+                steps=p.steps,
+                num_generations=p.num_generations,
+                prompts_per_step=p.prompts_per_step,
+                max_completion_length=p.max_completion_length,
+                logging_steps=p.trajectory_every,
+                store=store,
             )
             trainer = DivergenceGRPOTrainer(
                 model=str(self.base_path),

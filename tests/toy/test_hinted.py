@@ -51,7 +51,9 @@ def test_target_table_follows_the_hint():
     config = HintedModelConfig()
     probs, shares = hinted_tables(config, 0)
     assert probs.shape == (80, 50, 50) and np.allclose(probs.sum(-1), 1.0)
-    assert np.all((0.03 <= shares) & (shares <= 0.9))
+    easy = (0.99 <= shares) & (shares <= 0.999)
+    hard = (1e-3 <= shares) & (shares <= 1e-2)
+    assert np.all(easy | hard | ((0.2 <= shares) & (shares <= 0.9))) and easy.any() and hard.any()
     # n = 20, m = 5: a ≤ 20 only; the mode is a = m; ranks by (|a − m|, a): 5, 4, 6, 3, 7, ...
     row = probs[20 - 10, 5]
     assert np.all(row[21:] == 0.0) and row.argmax() == 5
@@ -71,10 +73,22 @@ def test_sft_batches_are_prompt_then_answer():
     batch = next(_hinted_batches(HintedModelConfig(steps=1, batch_size=512), 0))
     assert batch.shape == (512, 7)
     assert (batch[:, 0] == tok["S"]).all() and (batch[:, 3] == tok["="]).all() and (batch[:, 6] == tok["<eos>"]).all()
+    truncated = 0
     for row in batch.tolist():
-        n, m, a, b = (value[row[i]] for i in (1, 2, 4, 5))
+        n, m, a = (value[row[i]] for i in (1, 2, 4))
         assert 10 <= n <= 89 and 0 <= m <= 49 and 0 <= a <= min(49, n)
-        assert abs(a + b - n) <= 2  # exact, or a near miss (±1, ±2; reflected at 0, which stays within 2)
+        if row[5] == tok["<eos>"]:  # a wrong answer stops after a
+            truncated += 1
+        else:
+            assert a + value[row[5]] == n  # every second number is the exact n − a
+    assert 0 < truncated < len(batch)
+
+
+def test_config_rejects_bad_classes():
+    with pytest.raises(ValueError, match="easy_fraction"):
+        HintedModelConfig(easy_fraction=0.8, hard_fraction=0.3)
+    with pytest.raises(ValueError, match="hard_share_range"):
+        HintedModelConfig(hard_share_range=(0.0, 0.1))
 
 
 def test_build_hinted_model_is_cached(tmp_path):

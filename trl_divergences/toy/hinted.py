@@ -3,19 +3,21 @@
 Targets n = 10…89 and hints m = 0…49 give 4,000 distinct prompts, each with 10–50 correct answers (the hint does
 not enter correctness). The base policy is pretrained (plain SFT, cached like the demo's) on data that *follow the
 hint*: the first term a is drawn Zipf-wise (weight ∝ rank^−s) over 0…min(49, n) ranked by the distance |a − m|, and
-b = n − a with a per-target probability r(n) (log-uniform in ``share_range``; ``hard_fraction`` of the targets in
-``hard_share_range``), else a near miss n − a ± 1, ± 2. A hint inside the valid range [n − 49, 49] makes the
-base's mode correct; a hint far outside it (large n, small m) leaves only the tail of the Zipf correct — prompts
-the base solves at large k but rarely at k = 1, the material on which RLVR's pass@k narrowing is claimed.
+then, with a per-target probability r(n), b = n − a, else the answer stops after a (``a``: wrong). r(n) has three
+classes, drawn per target: *easy* (30%, r log-uniform in [0.99, 0.999]), *hard* (30%, [0.001, 0.01]) and *medium*
+(the rest, [0.2, 0.9]). A hint inside the valid range [n − 49, 49] makes the base's mode correct; a hint far outside
+it (large n, small m) leaves only the tail of the Zipf correct. Easy targets n ≤ 49 are solved in (nearly) every
+sample — the material of DPH-RL's rehearsal store; hard targets have success 1e-4–1e-2, so the base's pass@256 on
+them is well below 1 — the material on which RLVR's pass@k narrowing is claimed.
 
-The SFT target has pass@1 ≈ 0.30 and pass@256 ≈ 0.98 (computed from the table); the trained model is measured by
-the study. The prompts are split once, by a seeded permutation, into a training pool (:data:`N_TRAIN_POOL`) and
+The SFT target (:func:`target_correct_share`) has pass@1 ≈ 0.39, pass@8 ≈ 0.63 and pass@256 ≈ 0.87; 15% of the
+prompts have success in [1e-4, 3e-3], 13% above 0.98. The trained model is measured by the study.
+The prompts are split once, by a seeded permutation, into a training pool (:data:`N_TRAIN_POOL`) and
 held-out prompts.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from dataclasses import dataclass, replace
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .model import _build, _new_model, sft
+from .model import BaseModelConfig, _build, _log_uniform, _new_model, sft
 from .task import MAX_TERM, N_MAX, N_MIN, parse_answer
 from .tokenizer import VOCAB
 
@@ -37,30 +39,35 @@ N_HINTED_PROMPTS = (N_MAX - N_MIN + 1) * (HINT_MAX + 1)
 #: training pool size: 300 GRPO steps × 8 prompts see each pool prompt exactly once
 N_TRAIN_POOL = 2400
 SPLITS = ("train", "heldout", "all")
-_NEAR_MISS_OFFSETS = (-2, -1, 1, 2)
 _PROMPT_RE = re.compile(r"^\s*S\s+(\d+)\s+(\d+)\s+=\s*$")
 _PROMPT_LEN = 4  # S n m =
 
 
 @dataclass(frozen=True)
-class HintedModelConfig:
-    """Architecture, SFT data and training hyper-parameters of the hinted-task base model (all enter the cache key).
-    The architecture fields are the demo's :class:`~trl_divergences.toy.model.BaseModelConfig` ones."""
+class HintedModelConfig(BaseModelConfig):
+    """The demo base model's architecture and SFT fields (:class:`~trl_divergences.toy.model.BaseModelConfig`) with
+    the hinted task's data: each target's arithmetic share r(n) is drawn from one of three classes — *easy*
+    (``easy_fraction``, log-uniform in ``easy_share_range``), *hard* (``hard_fraction``, in ``hard_share_range``)
+    or *medium* (the rest, in ``share_range``). All fields enter the cache key."""
 
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
-    steps: int = 2500
-    batch_size: int = 256
-    lr: float = 3e-3
-    warmup_steps: int = 100
-    zipf_s: float = 1.2
     share_range: tuple[float, float] = (0.2, 0.9)
     hard_fraction: float = 0.3
-    hard_share_range: tuple[float, float] = (0.03, 0.1)
-    task: str = "hinted-sum"
+    hard_share_range: tuple[float, float] = (1e-3, 1e-2)
+    easy_fraction: float = 0.3
+    easy_share_range: tuple[float, float] = (0.99, 0.999)
+    steps: int = 4000
+    task: str = "hinted-sum/truncated-misses"
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.easy_fraction and 0 <= self.hard_fraction and self.easy_fraction + self.hard_fraction <= 1):
+            raise ValueError(
+                "need easy_fraction, hard_fraction >= 0 with a sum <= 1, "
+                f"got {self.easy_fraction}, {self.hard_fraction}"
+            )
+        for name in ("share_range", "hard_share_range", "easy_share_range"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {(low, high)}")
 
 
 def hinted_prompt(n: int, m: int) -> str:
@@ -122,9 +129,13 @@ def make_hinted_dataset(split: str, seed: int = 0, n_train: int = N_TRAIN_POOL) 
     )
 
 
-def _log_uniform(rng: np.random.Generator, low_high: tuple[float, float]) -> float:
-    low, high = low_high
-    return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+def _share_class(config: HintedModelConfig, u: float) -> tuple[float, float]:
+    """Range of r(n) for a target whose class draw is ``u`` ~ U(0, 1): easy, then hard, then medium."""
+    if u < config.easy_fraction:
+        return config.easy_share_range
+    if u < config.easy_fraction + config.hard_fraction:
+        return config.hard_share_range
+    return config.share_range
 
 
 def hinted_tables(config: HintedModelConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,12 +145,7 @@ def hinted_tables(config: HintedModelConfig, seed: int) -> tuple[np.ndarray, np.
     """
     rng = np.random.default_rng(seed)
     targets = np.arange(N_MIN, N_MAX + 1)
-    shares = np.array(
-        [
-            _log_uniform(rng, config.hard_share_range if rng.random() < config.hard_fraction else config.share_range)
-            for _ in targets
-        ]
-    )
+    shares = np.array([_log_uniform(rng, _share_class(config, rng.random())) for _ in targets])
     a = np.arange(MAX_TERM + 1)
     probs = np.zeros((len(targets), HINT_MAX + 1, MAX_TERM + 1))
     for i, n in enumerate(targets):
@@ -162,31 +168,30 @@ def target_correct_share(config: HintedModelConfig | None = None, seed: int = 0)
 
 def _hinted_batches(config: HintedModelConfig, seed: int):
     """Yield token batches [batch, 7] = ``S n m = a b <eos>``: prompt uniform over the 4,000, then a ~ P(a | n, m),
-    then b = n − a with probability r(n), else a near miss (offset uniform in ±1, ±2; reflected when negative)."""
+    then, with probability r(n), b = n − a, else a truncated answer ``a <eos> <eos>`` (one number: wrong). Every
+    second number in the data is the exact n − a, so the arithmetic is never contradicted and r(n) is one decision
+    (number or ``<eos>`` after a) that depends on the target only."""
     probs, shares = hinted_tables(config, seed)
     tok = {t: i for i, t in enumerate(VOCAB)}
     number_ids = torch.tensor([tok[str(i)] for i in range(100)])
     cdf = torch.from_numpy(probs.reshape(-1, MAX_TERM + 1)).cumsum(dim=1)
     share = torch.from_numpy(shares)
-    offsets = torch.tensor(_NEAR_MISS_OFFSETS)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(config.steps):
         rows = torch.randint(len(cdf), (config.batch_size,), generator=gen)
         n, m = rows // (HINT_MAX + 1) + N_MIN, rows % (HINT_MAX + 1)
         u = torch.rand(config.batch_size, 1, generator=gen, dtype=cdf.dtype)
         a = torch.searchsorted(cdf[rows], u * cdf[rows, -1:]).squeeze(-1).clamp(max=MAX_TERM)
-        exact = torch.rand(config.batch_size, generator=gen, dtype=share.dtype) < share[n - N_MIN]
-        delta = offsets[torch.randint(len(offsets), (config.batch_size,), generator=gen)]
-        b = n - a + torch.where(exact, 0, delta)
-        b = torch.where(b < 0, -b, b)
+        answered = torch.rand(config.batch_size, generator=gen, dtype=share.dtype) < share[n - N_MIN]
+        eos = torch.full_like(rows, tok["<eos>"])
         cols = [
             torch.full_like(rows, tok["S"]),
             number_ids[n],
             number_ids[m],
             torch.full_like(rows, tok["="]),
             number_ids[a],
-            number_ids[b],
-            torch.full_like(rows, tok["<eos>"]),
+            torch.where(answered, number_ids[n - a], eos),
+            eos,
         ]
         yield torch.stack(cols, dim=1)
 
@@ -204,7 +209,7 @@ def build_hinted_model(
     progress: bool = True,
     **overrides: Any,
 ) -> Path:
-    """Return the folder of the pretrained hinted-task base model, building it on first use (~1–2 min on 2 CPU
+    """Return the folder of the pretrained hinted-task base model, building it on first use (~3–5 min on 2 CPU
     cores), cached as ``<cache>/toy-hinted-<key>`` exactly like :func:`~trl_divergences.toy.build_base_model`
     (same tokenizer; ``overrides`` replace fields of ``config``)."""
     config = replace(config or HintedModelConfig(), **overrides)
