@@ -68,6 +68,23 @@ from .rollout import (
 
 STATE_FILE = "trl_divergences_state.json"
 
+#: the loss micro-batch keys of a text-only on-policy batch (with the exact penalty's): the only batches whose policy
+#: gradient may be computed in our vocabulary pass (no tool mask, images, log π_old or importance-sampling ratios)
+POLICY_GRADIENT_INPUTS = frozenset(
+    {
+        "prompt_ids",
+        "prompt_mask",
+        "completion_ids",
+        "completion_mask",
+        "advantages",
+        "num_items_in_batch",
+        "ref_hidden_states",
+        "divergence_weight",
+        "correct",
+        INDEX_COLUMN,
+    }
+)
+
 
 def trl_loss_weights(trainer: GRPOTrainer, mask: Tensor, inputs: dict[str, Any]) -> Tensor:
     """[B, T] per-token weights w with Σ w·x = TRL 1.16's ``_compute_loss`` aggregate of a per-token term x for
@@ -513,6 +530,38 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             reduce_sum=lambda values: reduce_sum(self, values),
         )
 
+    def _policy_gradient_in_forward(self, request: ForwardRequest, inputs: dict[str, Any]) -> bool:
+        """Whether the loss forward may carry TRL's policy-gradient term in our vocabulary pass (skipping TRL's fused
+        head): on-policy (no log π_old, so the ratio is exp(log π − sg(log π)) ≡ 1 and no clip binds) with a loss
+        whose gradient w.r.t. log π(y_t) is then −A_t·w_t (w: :func:`trl_loss_weights`), nothing reading the
+        log-probs' or entropies' graph, and one exact penalty as the only vocabulary statistic. Anything else takes
+        TRL's head unchanged."""
+        args, objective, spec = self.args, self.objective, request.spec
+        return (
+            self.loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+            and self.importance_sampling_level == "token"
+            and inputs.get("old_per_token_logps") is None
+            and self.epsilon_low > 0.0
+            and self.epsilon_high > 0.0
+            and args.delta is None
+            and self.off_policy_mask_threshold is None
+            and self.top_entropy_quantile == 1.0
+            and not self._entropy_bonus_enabled
+            and not self.aux_loss_enabled
+            and not (self.use_vllm and self.vllm_importance_sampling_correction)
+            and set(inputs) <= POLICY_GRADIENT_INPUTS
+            and list(spec.exact) == ["divergence"]
+            and not spec.teacher_exact
+            and not spec.nucleus
+            and not spec.penultimate
+            and not objective.token_masks
+            and not objective.divergence_now.replaces_policy_gradient
+            and objective.teacher is None
+            and self._rehearsal is None
+            and hf_model(self.model).config.get_text_config() is hf_model(self.model).config
+            and not getattr(hf_model(self.model).config, "output_router_logits", False)
+        )
+
     def _compute_loss(self, model, inputs: dict[str, Any]) -> Tensor:
         objective, requirements = self.objective, self.objective.requirements
         mode = "train" if self.model.training else "eval"
@@ -535,6 +584,10 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             # the exact terms' weights are known: aggregate them with their gradient inside the forward
             normaliser = trl_loss_weights(self, mask, inputs)
             request.exact_weights = {name: weights * normaliser for name, weights in exact_weights.items()}
+            if self._policy_gradient_in_forward(request, inputs):
+                advantages = inputs["advantages"]
+                advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+                request.logp_weights = -advantages.to(normaliser.dtype) * normaliser
         selection = requirements.token_selection
         pg_inputs = dict(inputs) if requirements.ratio_anchor else None
         with (
