@@ -16,8 +16,10 @@ Overridden (all private TRL methods below are covered by tests that fail if TRL 
 * ``_get_per_token_logps_and_entropies``: records the policy log-probs of the loss forward (with their graph) and,
   when a teacher anchors the ratio (TRRD), gives TRL's loss the anchor in place of log π_old.
 * ``get_high_entropy_mask``: during our loss, TRL's own mask AND the objective's policy-gradient keep mask.
-* ``_compute_loss``: runs TRL's loss (TRL's own k3 only when the penalty is exactly TRL's), then adds the
-  objective's per-token terms aggregated like TRL's loss, its auxiliary losses and the rehearsal term.
+* ``_compute_loss``: runs TRL's loss (TRL's own k3 only when the penalty is exactly TRL's; on-policy with one exact
+  penalty and nothing else, the policy gradient rides in our vocabulary pass and TRL's fused head is skipped:
+  ``_policy_gradient_in_forward``), then adds the objective's per-token terms aggregated like TRL's loss, its
+  auxiliary losses and the rehearsal term.
 * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: save and restore the methods' state.
 
 Values pass between the overrides through one typed per-call context (:class:`CallContext`), set for the duration of
