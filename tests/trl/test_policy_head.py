@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft import LoraConfig
 
 import trl_divergences.trl.forward as forward_module
 
@@ -51,9 +52,22 @@ def _loss_and_grads(trainer, inputs, fast: bool, monkeypatch):
     return loss.detach(), grads, metrics
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "luspo"])
-def test_fast_path_matches_trl_head_route(tiny_model_dir, tokenizer, tmp_path, monkeypatch, loss_type):
-    trainer, batches = _trained(tiny_model_dir, tokenizer, tmp_path, loss_type=loss_type)
+LORA = {"peft_config": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"loss_type": "grpo"},
+        {"loss_type": "bnpo"},
+        {"loss_type": "dr_grpo"},
+        {"loss_type": "dapo", "gradient_accumulation_steps": 2},
+        {"loss_type": "luspo"},
+        {"loss_type": "grpo", **LORA},
+    ],
+)
+def test_fast_path_matches_trl_head_route(tiny_model_dir, tokenizer, tmp_path, monkeypatch, overrides):
+    trainer, batches = _trained(tiny_model_dir, tokenizer, tmp_path, **overrides)
     inputs = dict(batches[0])
     mask = inputs["completion_mask"].clone()
     mask[0, -2:] = 0  # masked tokens

@@ -148,8 +148,9 @@ def policy_head_forward(model: Any, request: ForwardRequest, args: tuple, kwargs
     """TRL's fused forward with its lm_head pass replaced by ours (``request.logp_weights`` set): the backbone, then
     one vocabulary pass giving the loss gradient (policy gradient + exact divergence) and, detached, the log-probs
     and entropies TRL's output carries ([rows, C], 0 where TRL masks the label, like TRL's)."""
-    if args or set(kwargs) - POLICY_HEAD_KWARGS:
-        raise ValueError(f"the fused policy-head path takes {sorted(POLICY_HEAD_KWARGS)} only, got {sorted(kwargs)}")
+    extra = sorted(k for k, v in kwargs.items() if k not in POLICY_HEAD_KWARGS and v is not None)  # PEFT adds Nones
+    if args or extra:
+        raise ValueError(f"the fused policy-head path takes {sorted(POLICY_HEAD_KWARGS)} only, got {extra}")
     from trl.trainer.utils import FusedCausalLMOutput
 
     input_ids, labels = kwargs["input_ids"], kwargs["labels"]
