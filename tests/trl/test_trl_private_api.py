@@ -78,3 +78,28 @@ def test_catalog_reads_instance_attributes_we_set():
     rollout_src = inspect.getsource(GRPOTrainer._generate_and_score_completions)
     assert "rewards_per_func * self.reward_weights" in rollout_src
     assert "rewards.view(-1, num_generations)" in rollout_src  # groups are consecutive rows: our group ids
+
+
+def test_policy_head_fast_path_reads():
+    """The on-policy fast path (``DivergenceGRPOTrainer._policy_gradient_in_forward``) relies on TRL's loss reading
+    these instance attributes, on the ratio being exp(log π − log π_old) with log π_old = log π detached when absent,
+    on the loss forward's keyword arguments, and on ``FusedCausalLMOutput`` carrying the fields we fill."""
+    loss = inspect.getsource(GRPOTrainer._compute_loss)
+    for read in (
+        "self.loss_type",
+        "self.importance_sampling_level",
+        "self.off_policy_mask_threshold",
+        "self.args.delta",
+        "self.top_entropy_quantile",
+        "self._entropy_bonus_enabled",
+        "self.aux_loss_enabled",
+        "self.vllm_importance_sampling_correction",
+        "old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps",
+        "log_ratio = per_token_logps - old_per_token_logps",
+    ):
+        assert read in loss, read
+    logps = inspect.getsource(GRPOTrainer._get_per_token_logps_and_entropies)
+    assert "model(**model_inputs, labels=labels, fused_lm_head=True)" in logps
+    assert "outputs.log_probs[:, -logits_to_keep:]" in logps and "outputs.entropy[:, -logits_to_keep:]" in logps
+    fields = trl_utils.FusedCausalLMOutput.__dataclass_fields__
+    assert {"log_probs", "entropy", "label_mask"} <= set(fields)

@@ -27,6 +27,7 @@ def vocabulary_statistics(
     teacher_bias: Tensor | None = None,
     penultimate: Tensor | None = None,
     exact_weights: Mapping[str, Tensor] | None = None,
+    logp_weights: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The statistics of ``request`` for rows ``hidden`` [b, T, H] (policy final hidden states at the positions
     predicting ``targets`` [b, T]) with logits = hidden Wᵀ + b, divided by ``temperature``:
@@ -46,27 +47,43 @@ def vocabulary_statistics(
     recomputation of either projection in the backward: :func:`~trl_divergences.ops.fused_linear_divergence_loss`),
     and ``name`` holds the detached values; not for a divergence that another name shares (that one needs the
     per-token graph).
+
+    ``logp_weights`` [b, T] (no gradient; needs exactly one exact name, with ``exact_weights``): the same pass also
+    carries the gradient of Σ w_logp·log π(y_t) (an on-policy policy gradient, whose per-token weights are known
+    before the forward), so the caller needs no other head pass: ``"<name>/weighted_sum"`` then has the value Σ w·D
+    and the gradient of Σ w_logp·log π + Σ w·D, and ``"logp"`` / ``"entropy"`` [b, T] hold log π(y_t) and H(π_t),
+    detached.
     """
     results: dict[str, Tensor] = {}
     computed: dict[str, Tensor] = {}
     keys = [repr(div) for div in request.exact.values()]
+    if logp_weights is not None:
+        if len(request.exact) != 1 or request.teacher_exact or not set(request.exact) <= set(exact_weights or {}):
+            raise ValueError("logp_weights needs exactly one exact divergence, aggregated with exact_weights")
+        if targets is None:
+            raise ValueError("logp_weights needs the sampled tokens (targets)")
     for name, div in request.exact.items():
         key = repr(div)  # e.g. the `full` reverse-KL penalty and EKSFT's KL(π‖ρ): one pass
         if (ref_hidden is None or ref_weight is None) and key not in computed:
             raise ValueError(f"exact {name!r} needs the reference's final hidden states and lm_head weight")
         if exact_weights is not None and name in exact_weights and keys.count(key) == 1:
-            loss, _, _, values = fused_linear_divergence_loss(
+            loss, logp, entropy, values = fused_linear_divergence_loss(
                 hidden,
                 weight,
                 ref_hidden.to(hidden.dtype),
                 ref_weight.to(weight.dtype),
-                None,
+                None if logp_weights is None else targets,
+                weights_logp=logp_weights,
                 weights_div=exact_weights[name],
                 divergence=div,
                 temperature=temperature,
                 bias=bias,
                 ref_bias=ref_bias,
             )
+            if logp_weights is not None:  # value Σ w·D; gradient also of the policy-gradient term
+                penalty = (exact_weights[name].to(values.dtype) * values).sum()
+                loss = penalty + (loss - loss.detach())
+                results["logp"], results["entropy"] = logp, entropy
             results[name], results[f"{name}/weighted_sum"] = values, loss
             continue
         if key not in computed:

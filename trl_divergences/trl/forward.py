@@ -96,6 +96,10 @@ class ForwardRequest:
 
     #: {name: [rows, C]} per-token loss weights of exact divergences aggregated, with their gradient, in the forward
     exact_weights: dict[str, Tensor] | None = None
+    #: [rows, C] per-token weights of log π(y_t) (an on-policy policy gradient known before the forward): the loss
+    #: forward then runs the backbone and our one vocabulary pass only, in place of TRL's fused head (whose log-probs
+    #: and entropies it returns, detached: the whole gradient is in ``<name>/weighted_sum``)
+    logp_weights: Tensor | None = None
 
     def result(self, name: str) -> Tensor:
         """[rows, C] concatenated over the call's forwards; a scalar (``<name>/weighted_sum``) summed over them."""
@@ -130,9 +134,32 @@ class ForwardRequest:
             exact_weights=None
             if self.exact_weights is None
             else {name: w[rows] for name, w in self.exact_weights.items()},
+            logp_weights=None if self.logp_weights is None else self.logp_weights[rows],
         )
         for name, value in stats.items():
             self.results[name].append(value)
+
+
+#: the keyword arguments TRL's loss forward passes for a text-only batch (the fast path takes nothing else)
+POLICY_HEAD_KWARGS = frozenset({"input_ids", "attention_mask", "labels", "fused_lm_head"})
+
+
+def policy_head_forward(model: Any, request: ForwardRequest, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """TRL's fused forward with its lm_head pass replaced by ours (``request.logp_weights`` set): the backbone, then
+    one vocabulary pass giving the loss gradient (policy gradient + exact divergence) and, detached, the log-probs
+    and entropies TRL's output carries ([rows, C], 0 where TRL masks the label, like TRL's)."""
+    extra = sorted(k for k, v in kwargs.items() if k not in POLICY_HEAD_KWARGS and v is not None)  # PEFT adds Nones
+    if args or extra:
+        raise ValueError(f"the fused policy-head path takes {sorted(POLICY_HEAD_KWARGS)} only, got {extra}")
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    input_ids, labels = kwargs["input_ids"], kwargs["labels"]
+    hidden = model.base_model(input_ids=input_ids, attention_mask=kwargs["attention_mask"], use_cache=False)
+    c = request.n_completion
+    request.compute(model, hidden.last_hidden_state[:, :-1][:, -c:], input_ids[:, -c:], None)
+    valid = labels[:, 1:][:, -c:] != -100
+    logps, entropies = (request.results[name][-1].masked_fill(~valid, 0.0) for name in ("logp", "entropy"))
+    return FusedCausalLMOutput(log_probs=logps, entropy=entropies, label_mask=valid)
 
 
 def install_forward_request_hook(model: Any, current: Callable[[], ForwardRequest | None]) -> None:
@@ -143,6 +170,8 @@ def install_forward_request_hook(model: Any, current: Callable[[], ForwardReques
         request = current()
         if request is None or not kwargs.get("fused_lm_head", False):
             return fused_forward(*args, **kwargs)
+        if request.logp_weights is not None:
+            return policy_head_forward(model_self, request, args, kwargs)
         captured: dict[str, Tensor] = {}
         hooks = [
             model_self.base_model.register_forward_hook(

@@ -16,8 +16,10 @@ Overridden (all private TRL methods below are covered by tests that fail if TRL 
 * ``_get_per_token_logps_and_entropies``: records the policy log-probs of the loss forward (with their graph) and,
   when a teacher anchors the ratio (TRRD), gives TRL's loss the anchor in place of log π_old.
 * ``get_high_entropy_mask``: during our loss, TRL's own mask AND the objective's policy-gradient keep mask.
-* ``_compute_loss``: runs TRL's loss (TRL's own k3 only when the penalty is exactly TRL's), then adds the
-  objective's per-token terms aggregated like TRL's loss, its auxiliary losses and the rehearsal term.
+* ``_compute_loss``: runs TRL's loss (TRL's own k3 only when the penalty is exactly TRL's; on-policy with one exact
+  penalty and nothing else, the policy gradient rides in our vocabulary pass and TRL's fused head is skipped:
+  ``_policy_gradient_in_forward``), then adds the objective's per-token terms aggregated like TRL's loss, its
+  auxiliary losses and the rehearsal term.
 * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: save and restore the methods' state.
 
 Values pass between the overrides through one typed per-call context (:class:`CallContext`), set for the duration of
@@ -67,6 +69,23 @@ from .rollout import (
 )
 
 STATE_FILE = "trl_divergences_state.json"
+
+#: the loss micro-batch keys of a text-only on-policy batch (with the exact penalty's): the only batches whose policy
+#: gradient may be computed in our vocabulary pass (no tool mask, images, log π_old or importance-sampling ratios)
+POLICY_GRADIENT_INPUTS = frozenset(
+    {
+        "prompt_ids",
+        "prompt_mask",
+        "completion_ids",
+        "completion_mask",
+        "advantages",
+        "num_items_in_batch",
+        "ref_hidden_states",
+        "divergence_weight",
+        "correct",
+        INDEX_COLUMN,
+    }
+)
 
 
 def trl_loss_weights(trainer: GRPOTrainer, mask: Tensor, inputs: dict[str, Any]) -> Tensor:
@@ -513,6 +532,38 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             reduce_sum=lambda values: reduce_sum(self, values),
         )
 
+    def _policy_gradient_in_forward(self, request: ForwardRequest, inputs: dict[str, Any]) -> bool:
+        """Whether the loss forward may carry TRL's policy-gradient term in our vocabulary pass (skipping TRL's fused
+        head): on-policy (no log π_old, so the ratio is exp(log π − sg(log π)) ≡ 1 and no clip binds) with a loss
+        whose gradient w.r.t. log π(y_t) is then −A_t·w_t (w: :func:`trl_loss_weights`), nothing reading the
+        log-probs' or entropies' graph, and one exact penalty as the only vocabulary statistic. Anything else takes
+        TRL's head unchanged."""
+        args, objective, spec = self.args, self.objective, request.spec
+        return (
+            self.loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+            and self.importance_sampling_level == "token"
+            and inputs.get("old_per_token_logps") is None
+            and self.epsilon_low > 0.0
+            and self.epsilon_high > 0.0
+            and args.delta is None
+            and self.off_policy_mask_threshold is None
+            and self.top_entropy_quantile == 1.0
+            and not self._entropy_bonus_enabled
+            and not self.aux_loss_enabled
+            and not (self.use_vllm and self.vllm_importance_sampling_correction)
+            and set(inputs) <= POLICY_GRADIENT_INPUTS
+            and list(spec.exact) == ["divergence"]
+            and not spec.teacher_exact
+            and not spec.nucleus
+            and not spec.penultimate
+            and not objective.token_masks
+            and not objective.divergence_now.replaces_policy_gradient
+            and objective.teacher is None
+            and self._rehearsal is None
+            and hf_model(self.model).config.get_text_config() is hf_model(self.model).config
+            and not getattr(hf_model(self.model).config, "output_router_logits", False)
+        )
+
     def _compute_loss(self, model, inputs: dict[str, Any]) -> Tensor:
         objective, requirements = self.objective, self.objective.requirements
         mode = "train" if self.model.training else "eval"
@@ -535,6 +586,10 @@ class DivergenceGRPOTrainer(GRPOTrainer):
             # the exact terms' weights are known: aggregate them with their gradient inside the forward
             normaliser = trl_loss_weights(self, mask, inputs)
             request.exact_weights = {name: weights * normaliser for name, weights in exact_weights.items()}
+            if self._policy_gradient_in_forward(request, inputs):
+                advantages = inputs["advantages"]
+                advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+                request.logp_weights = -advantages.to(normaliser.dtype) * normaliser
         selection = requirements.token_selection
         pg_inputs = dict(inputs) if requirements.ratio_anchor else None
         with (
