@@ -43,6 +43,7 @@ import time
 
 import torch
 from _memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from report import ops_section
 
 IMPLS_CPU = ("textbook", "naive", "floor", "chunked", "ingrad", "trl_default", "trl_tuned", "liger", "cce")
 IMPLS_GPU = (
@@ -265,27 +266,6 @@ def _run_one(args, impl: str, vocab: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _table(results: dict, impls: tuple[str, ...], vocabs: list[int]) -> str:
-    """Markdown: time / peak per V, and ratios to the textbook naive (time, memory) and to the GEMM floor (time)."""
-    cells_head = "time s / peak MB | vs textbook time / mem | time / floor"
-    head = "| implementation | " + " | ".join(f"V={v} {cells_head}" for v in vocabs) + " |"
-    lines = [head, "|---" * (1 + 3 * len(vocabs)) + "|"]
-    for impl in impls:
-        cells = []
-        for v in vocabs:
-            rows = results[str(v)]
-            r, base, floor = rows.get(impl, {}), rows.get("textbook", {}), rows.get("floor", {})
-            if "time_s" not in r:
-                cells += [r.get("skipped") or r.get("error", "n/a"), "", ""]
-                continue
-            cells.append(f"{r['time_s']:.2f} / {r['peak_mb']:.0f}")
-            ok = "time_s" in base
-            cells.append(f"{r['time_s'] / base['time_s']:.2f} / {r['peak_mb'] / base['peak_mb']:.3f}" if ok else "")
-            cells.append(f"{r['time_s'] / floor['time_s']:.2f}" if "time_s" in floor else "")
-        lines.append(f"| {impl} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -341,7 +321,7 @@ def main() -> None:
         },
     }
     print(f"\n{meta}\n")
-    print(_table(results, impls, args.vocab))
+    print(ops_section({"meta": meta, "results": results}, args.out))  # the README's block, from this run
     if args.device == "cuda":
         for vocab in args.vocab:
             print(f"V={vocab} logits-level kernel: {results[str(vocab)]['logits_bandwidth']}")

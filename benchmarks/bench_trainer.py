@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from _memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from report import trainer_section
 
 VOCAB_SIZE = 151_936
 
@@ -137,23 +138,6 @@ def worker(args) -> None:
     print(json.dumps(out))
 
 
-def _table(results: dict) -> str:
-    base = results.get("trl_k3", {})
-    lines = [
-        "| run | step s | peak MB | time vs TRL k3 | memory vs TRL k3 |",
-        "|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        if "time_s" not in r:
-            lines.append(f"| {name} | {r.get('error', 'n/a')} | | | |")
-            continue
-        ratios = ["", ""]
-        if "time_s" in base:
-            ratios = [f"{r['time_s'] / base['time_s']:.2f}", f"{r['peak_mb'] / base['peak_mb']:.2f}"]
-        lines.append(f"| {name} | {r['time_s']:.2f} | {r['peak_mb']:.0f} | {ratios[0]} | {ratios[1]} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     import trl_divergences as td
 
@@ -203,7 +187,7 @@ def main() -> None:
         **{k: getattr(args, k) for k in ("warmup", "steps", "threads")},
     }
     print(f"\n{meta}\n")
-    print(_table(results))
+    print(trainer_section({"meta": meta, "results": results}, args.out))  # the README's block, from this run
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
